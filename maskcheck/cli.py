@@ -1,0 +1,103 @@
+"""The `maskcheck` command line: parse, build configs, call the library, write files.
+
+This is the only module that prints. User mistakes raise `MaskcheckError` anywhere below;
+`main()` turns them into one line on stderr and the documented exit code (README, "Exit codes").
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import MaskcheckError
+
+app = typer.Typer(
+    name="maskcheck",
+    help="Tell real adversarial robustness from gradient masking: train temperature sweeps, audit models, render reports.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DEVICE_HELP = "auto (CUDA if present, else CPU), cpu, or cuda[:n]."
+DATA_DIR_HELP = "Folder holding downloaded datasets (default: $MASKCHECK_DATA_DIR or ~/.cache/maskcheck/data)."
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"maskcheck {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Exit codes: 0 ok; 1 masking flagged (with --fail-on-flag) or a regression diff; 2 usage or input error."""
+
+
+def info(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# ============================================================================ train
+# (training issue) maskcheck train / train-sweep / select-temperature
+
+
+@app.command("train")
+def train_cmd() -> None:
+    """Train one model into a run folder (not built yet: see the training issue)."""
+    raise MaskcheckError("maskcheck train is not available in this version yet.")
+
+
+@app.command("train-sweep")
+def train_sweep_cmd() -> None:
+    """Train dd / trades / ltd over a temperature sweep (not built yet)."""
+    raise MaskcheckError("maskcheck train-sweep is not available in this version yet.")
+
+
+# ============================================================================ audit
+# (audit issue) maskcheck audit
+
+
+@app.command("audit")
+def audit_cmd() -> None:
+    """Run the gradient-masking checks on a model (not built yet)."""
+    raise MaskcheckError("maskcheck audit is not available in this version yet.")
+
+
+# =========================================================================== report
+# (report issue) maskcheck report
+
+
+@app.command("report")
+def report_cmd() -> None:
+    """Render the HTML report of a sweep and its audits (not built yet)."""
+    raise MaskcheckError("maskcheck report is not available in this version yet.")
+
+
+# ============================================================================= main
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: user errors become one line and an exit code, never a traceback.
+
+    Click's own usage errors (unknown command or option) already print one line and exit 2.
+    """
+    try:
+        app(args=argv, standalone_mode=True)
+    except MaskcheckError as exc:
+        typer.echo(f"maskcheck: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("maskcheck: interrupted; finished runs are kept, rerun the same command to resume.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

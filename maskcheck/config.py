@@ -1,0 +1,141 @@
+"""Shared vocabulary: threat models, argument parsers, seeds, devices and JSON provenance.
+
+Everything the CLI accepts as text is parsed here once, so the library only ever sees
+validated values (`eps` as a float in (0, 1], temperatures as positive floats, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from fractions import Fraction
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import InputError
+
+Norm = Literal["linf", "l2"]
+NORMS: tuple[str, ...] = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An eps-ball around each input, in the [0, 1] pixel scale."""
+
+    eps: float
+    norm: Norm = "linf"
+
+    def __post_init__(self) -> None:
+        check_eps(self.eps)
+        if self.norm not in NORMS:
+            raise InputError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_eps(eps: float) -> float:
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0.0 < eps <= 1.0:
+        raise InputError(f"eps must lie in (0, 1] (pixel scale [0, 1]; e.g. 0.3 or 8/255); got {eps!r}.")
+    return float(eps)
+
+
+def parse_eps(text: str | float) -> float:
+    """Parse `0.3`, `8/255` or a float into an eps in (0, 1]."""
+    if isinstance(text, (int, float)):
+        return check_eps(float(text))
+    s = str(text).strip()
+    try:
+        value = float(Fraction(s)) if "/" in s else float(s)
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"eps must be a number in (0, 1] such as 0.3 or 8/255; got {text!r}.") from None
+    return check_eps(value)
+
+
+def parse_temps(text: str) -> list[float]:
+    """Parse a comma-separated list of positive temperatures, e.g. `1,2,5,10,15,20`."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not text or not str(text).strip() or any(p == "" for p in parts):
+        raise InputError(f"--temps must be comma-separated positive numbers such as 1,2,5,10; got {text!r}.")
+    temps: list[float] = []
+    for p in parts:
+        try:
+            t = float(p)
+        except ValueError:
+            raise InputError(f"--temps must be comma-separated positive numbers such as 1,2,5,10; got {p!r} in {text!r}.") from None
+        if not math.isfinite(t) or t <= 0:
+            raise InputError(f"temperatures must be positive and finite; got {p!r} in {text!r}.")
+        temps.append(t)
+    return list(dict.fromkeys(temps))  # de-duplicate, keep order
+
+
+def parse_name_list(text: str, valid: list[str] | tuple[str, ...], what: str) -> list[str]:
+    """Parse `a,b,c` where each item must be one of `valid`."""
+    items = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not items:
+        raise InputError(f"{what} must be a comma-separated list of: {', '.join(valid)}; got {text!r}.")
+    bad = [i for i in items if i not in valid]
+    if bad:
+        raise InputError(f"unknown {what} {', '.join(map(repr, bad))}; valid: {', '.join(valid)}.")
+    return list(dict.fromkeys(items))
+
+
+def format_temperature(t: float) -> str:
+    """`5.0 -> '5'`, `2.5 -> '2.5'`: used in run names such as `ltd-T5`."""
+    return f"{t:g}"
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; `cuda[:n]` must exist."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {spec} asked for CUDA but no GPU is visible. Use --device cpu or auto.")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible.")
+        return dev
+    raise InputError(f"--device must be auto, cpu or cuda[:n]; got {spec!r}.")
+
+
+def seed_everything(seed: int) -> int:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return seed
+
+
+def derived_seed(seed: int, name: str) -> int:
+    """A stable per-component seed from (seed, name), so adding a component changes no other."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def generator_for(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(derived_seed(seed, name))
+    return g
+
+
+def provenance(device: torch.device | str, seed: int | None) -> dict[str, Any]:
+    """Fields every JSON artefact carries."""
+    return {
+        "maskcheck_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "seed": seed,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

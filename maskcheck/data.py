@@ -1,0 +1,354 @@
+"""Datasets as tensors in [0, 1] with a fixed, seeded train / held-out split.
+
+Normalisation is *not* applied here: it lives inside the model (LTD paper, App. A.1), so
+attacks, eps and the [0, 1] box all refer to raw pixels.
+
+| name          | source                                          | held-out split                     |
+|---------------|-------------------------------------------------|------------------------------------|
+| digits        | scikit-learn's 8x8 digits (embedded, offline)  | seeded 20% of the 1,797 images     |
+| mnist         | IDX files under DATA_DIR/MNIST/raw              | official test split; if only the   |
+| fashion-mnist | IDX files under DATA_DIR/FashionMNIST/raw       | test split is present, a seeded    |
+|               |                                                 | 20% of it (the rest trains)        |
+| cifar10       | DATA_DIR/cifar-10-batches-py (python pickles)   | official test split                |
+| cifar100      | DATA_DIR/cifar-100-python (python pickles)      | official test split                |
+| synthetic     | LTD App. B simulation, generated from the seed  | seeded 20%                         |
+
+Files are read by maskcheck itself (IDX with numpy, CIFAR pickles with a restricted
+unpickler that only rebuilds numpy arrays), so a tampered data file cannot run code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .errors import InputError
+
+SPLIT_SEED = 0  # the train / held-out split never depends on the training seed
+HELDOUT_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and an attack need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]  # per channel, used by the model's normalisation layer
+    std: tuple[float, ...]
+    default_eps: float  # Linf, the field's usual budget for this dataset
+    default_model: str
+    augment: bool = False  # random crop (pad 4) + horizontal flip while training
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.3,), (0.38,), 0.3, "small-cnn"),
+    "mnist": DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), 0.3, "small-cnn"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), 0.1, "small-cnn"),
+    "cifar10": DatasetInfo(
+        "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), 8 / 255,
+        "preact-resnet18", augment=True,
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 8 / 255,
+        "preact-resnet18", augment=True,
+    ),
+    "synthetic": DatasetInfo("synthetic", 10, (1, 8, 8), (0.5,), (0.25,), 0.1, "small-cnn"),
+}
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+def get_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise InputError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}.") from None
+
+
+@dataclass
+class Splits:
+    """A dataset's train and held-out parts. `heldout` is always an in-memory TensorDataset."""
+
+    info: DatasetInfo
+    train: Dataset
+    heldout: TensorDataset
+    # Synthetic only: the oracle class distribution of every sample (LTD Definition 1).
+    train_oracle: torch.Tensor | None = None
+    heldout_oracle: torch.Tensor | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def heldout_tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` held-out points as (x in [0, 1], y) tensors."""
+        x, y = self.heldout.tensors
+        if n is not None:
+            if n <= 0:
+                raise InputError(f"--n must be a positive number of points; got {n}.")
+            x, y = x[:n], y[:n]
+        return x, y
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images (N, C, H, W) -> float in [0, 1], with optional CIFAR augmentation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform: Callable | None = None
+        if augment:
+            from torchvision.transforms import v2
+
+            # Standard CIFAR recipe (TRADES, AWP, LTD App. A): pad-4 random crop + flip.
+            self.transform = v2.Compose([v2.RandomCrop(images.shape[-1], padding=4), v2.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x.float().div_(255.0), self.labels[i]
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("MASKCHECK_DATA_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "maskcheck" / "data"
+
+
+def seeded_split(n: int, fraction: float = HELDOUT_FRACTION, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, heldout) of a fixed random split of n items."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_held = int(round(n * fraction))
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+# ---------------------------------------------------------------------------- loaders
+
+
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    return x, y
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (plain or .gz), the format of MNIST and Fashion-MNIST."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{path} is not a valid gzip file ({exc}); delete it and download it again.") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise InputError(f"{path} is not an unsigned-byte IDX file; expected the official MNIST format.")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    expected = int(np.prod(dims))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != expected:
+        raise InputError(f"{path} is truncated: header says {expected} values, file holds {data.size}. Download it again.")
+    return data.reshape(tuple(dims))
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_idx_dataset(name: str, data_dir: Path, subfolder: str, download: bool) -> Splits:
+    info = DATASETS[name]
+    raw = data_dir / subfolder / "raw"
+    files = {
+        split: (_find_idx(raw, f"{prefix}-images-idx3-ubyte"), _find_idx(raw, f"{prefix}-labels-idx1-ubyte"))
+        for split, prefix in (("train", "train"), ("test", "t10k"))
+    }
+    if None in files["test"] and download:
+        _torchvision_download(name, data_dir)
+        return _load_idx_dataset(name, data_dir, subfolder, download=False)
+    if None in files["test"]:
+        raise InputError(
+            f"{name} not found offline: expected t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] "
+            f"(optionally train-*) in {raw}. Copy them there, pass --data-dir, or add --download."
+        )
+
+    def read(pair: tuple[Path, Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = read_idx(pair[0]), read_idx(pair[1])
+        if len(images) != len(labels):
+            raise InputError(f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels.")
+        return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+    test_x, test_y = read(files["test"])  # type: ignore[arg-type]
+    if None not in files["train"]:
+        train_x, train_y = read(files["train"])  # type: ignore[arg-type]
+        source = f"{raw} (official train / test)"
+    else:
+        tr, ho = seeded_split(len(test_y))
+        train_x, train_y, test_x, test_y = test_x[tr], test_y[tr], test_x[ho], test_y[ho]
+        source = f"{raw} (test split only: seeded {1 - HELDOUT_FRACTION:.0%} train / {HELDOUT_FRACTION:.0%} held-out)"
+    return Splits(
+        info=info,
+        train=TensorDataset(train_x.float() / 255.0, train_y),
+        heldout=TensorDataset(test_x.float() / 255.0, test_y),
+        source=source,
+    )
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds the dicts, lists and numpy arrays of the CIFAR python files and nothing else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise InputError(f"{path} is not a valid CIFAR python batch ({exc}). Download it again.") from None
+
+
+def _load_cifar(name: str, data_dir: Path, download: bool) -> Splits:
+    info = DATASETS[name]
+    if name == "cifar10":
+        folder, train_files, test_files, label_key = data_dir / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"
+    else:
+        folder, train_files, test_files, label_key = data_dir / "cifar-100-python", ["train"], ["test"], b"fine_labels"
+    missing = [f for f in train_files + test_files if not (folder / f).is_file()]
+    if missing and download:
+        _torchvision_download(name, data_dir)
+        return _load_cifar(name, data_dir, download=False)
+    if missing:
+        raise InputError(
+            f"{name} not found offline: expected {', '.join(train_files + test_files)} in {folder}. "
+            "Copy the python version of the dataset there, pass --data-dir, or add --download."
+        )
+
+    def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for f in files:
+            d = _read_cifar_pickle(folder / f)
+            try:
+                xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(d[label_key], dtype=np.int64))
+            except (KeyError, ValueError) as exc:
+                raise InputError(f"{folder / f} lacks the CIFAR fields data/{label_key.decode()} ({exc}).") from None
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    train_x, train_y = read(train_files)
+    test_x, test_y = read(test_files)
+    return Splits(
+        info=info,
+        train=ImageTensorDataset(train_x, train_y, augment=info.augment),
+        heldout=TensorDataset(test_x.float() / 255.0, test_y),
+        source=f"{folder} (official train / test)",
+    )
+
+
+def _torchvision_download(name: str, data_dir: Path) -> None:
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    try:
+        for train in (True, False):
+            cls(str(data_dir), train=train, download=True)
+    except Exception as exc:  # network errors come in many types; all mean "could not download"
+        raise InputError(f"could not download {name} into {data_dir} ({type(exc).__name__}: {exc}). "
+                         "Copy the files there by hand or check the network.") from None
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def make_synthetic(
+    n: int = 3000,
+    num_classes: int = 10,
+    ambiguous_fraction: float = 0.03,
+    side: int = 8,
+    noise: float = 0.08,
+    seed: int = SPLIT_SEED,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LTD App. B style data: most samples belong to one class, a few are genuinely ambiguous.
+
+    Each class has a random prototype image in [0, 1]. A clear sample's oracle distribution is
+    one-hot (up to a tiny 1e-4 floor, as in App. B, to keep KL finite); an ambiguous sample mixes
+    two classes with weight w ~ U(0.3, 0.7) and its image is the same mix of the two prototypes.
+    Labels are the oracle's argmax. Returns (x (n, 1, side, side), y (n,), oracle (n, k)).
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = rng.uniform(0.0, 1.0, size=(num_classes, side * side))
+    y = rng.integers(0, num_classes, size=n)
+    oracle = np.full((n, num_classes), 1e-4)
+    oracle[np.arange(n), y] = 1.0
+    n_amb = int(round(ambiguous_fraction * n))
+    amb = rng.choice(n, size=n_amb, replace=False)
+    other = (y[amb] + rng.integers(1, num_classes, size=n_amb)) % num_classes
+    w = rng.uniform(0.3, 0.7, size=n_amb)
+    oracle[amb] = 1e-4
+    oracle[amb, y[amb]] = w
+    oracle[amb, other] = 1.0 - w
+    oracle /= oracle.sum(1, keepdims=True)
+    y = oracle.argmax(1)
+    x = oracle @ prototypes + rng.normal(0.0, noise, size=(n, side * side))
+    x = np.clip(x, 0.0, 1.0).reshape(n, 1, side, side)
+    return (
+        torch.tensor(x, dtype=torch.float32),
+        torch.tensor(y, dtype=torch.long),
+        torch.tensor(oracle, dtype=torch.float32),
+    )
+
+
+# ------------------------------------------------------------------------------ entry
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Splits:
+    """Load `name` as train / held-out splits of float tensors in [0, 1]."""
+    info = get_info(name)
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if name == "digits":
+        x, y = _load_digits()
+        tr, ho = seeded_split(len(y))
+        return Splits(info, TensorDataset(x[tr], y[tr]), TensorDataset(x[ho], y[ho]), source="sklearn.datasets.load_digits")
+    if name == "synthetic":
+        x, y, oracle = make_synthetic(num_classes=info.num_classes, side=info.input_shape[-1])
+        tr, ho = seeded_split(len(y))
+        return Splits(
+            info, TensorDataset(x[tr], y[tr]), TensorDataset(x[ho], y[ho]),
+            train_oracle=oracle[tr], heldout_oracle=oracle[ho], source="LTD App. B simulation",
+        )
+    if name in ("mnist", "fashion-mnist"):
+        return _load_idx_dataset(name, data_dir, "MNIST" if name == "mnist" else "FashionMNIST", download)
+    return _load_cifar(name, data_dir, download)

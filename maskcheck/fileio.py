@@ -1,0 +1,65 @@
+"""Atomic file writes: a reader never sees a half-written file.
+
+Every artefact (weights, run configs, audit JSON, reports, manifests) goes through here:
+write to a temporary file in the same folder, fsync, then `os.replace` over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import InputError
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {folder}: {exc.strerror}. Choose a writable --out.") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"output folder {folder} is not writable. Choose a writable --out.")
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool = True) -> Path:
+    """Call `write(fileobj)` on a temp file next to `path`, then rename it over `path`."""
+    path = Path(path)
+    _check_writable(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as indented JSON (NaN/Inf are refused: JSON has no such numbers)."""
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} {path} is not valid JSON ({exc}). Was it truncated? Regenerate it.") from None
