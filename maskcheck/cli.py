@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .errors import MaskcheckError
+from .errors import EXIT_FLAGGED, MaskcheckError
 
 app = typer.Typer(
     name="maskcheck",
@@ -79,6 +79,30 @@ def audit_cmd() -> None:
 def report_cmd() -> None:
     """Render the HTML report of a sweep and its audits (not built yet)."""
     raise MaskcheckError("maskcheck report is not available in this version yet.")
+
+
+# ========================================================================== regress
+# (regression issue) maskcheck regress
+
+
+@app.command("regress")
+def regress_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Sweep folders (runs/*/audit.json) and/or audit JSON files."),
+    baseline: Path = typer.Option(..., "--baseline", "-b", help="The expected flags (JSON written by --write-baseline)."),
+    write_baseline: bool = typer.Option(False, "--write-baseline", help="Write or overwrite the baseline from INPUTS instead of comparing."),
+) -> None:
+    """Compare every check's flag with a stored baseline; exit 1 on any change (a new flag or a lost one)."""
+    from . import regress
+
+    audits = regress.collect_audits(inputs)
+    if write_baseline:
+        path = regress.write_baseline(baseline, audits)
+        info(f"baseline of {len(audits)} model(s) written to {path}")
+        return
+    changes = regress.compare(regress.load_baseline(baseline), audits)
+    typer.echo(regress.format_diff(changes))
+    if changes:
+        raise typer.Exit(EXIT_FLAGGED)
 
 
 # ============================================================================= main

@@ -75,3 +75,30 @@ def test_bad_baseline_is_one_line_error(tmp_path: Path) -> None:
     bad.write_text("{truncated")
     with pytest.raises(InputError, match="not valid JSON"):
         load_baseline(bad)
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from maskcheck.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_regress_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """0 when flags match, 1 with a diff naming the check when one flips, 2 on a bad baseline."""
+    sweep = tmp_path / "sweep"
+    _write(sweep, _audit("dd-T100", {"logit-magnitude": True}))
+    _write(sweep, _audit("trades", {"logit-magnitude": False}))
+    base = tmp_path / "expected.json"
+    assert _cli(["regress", str(sweep), "--baseline", str(base), "--write-baseline"], capsys)[0] == 0
+    assert _cli(["regress", str(sweep), "--baseline", str(base)], capsys)[0] == 0
+
+    _write(sweep, _audit("trades", {"logit-magnitude": True}))
+    code, out, _ = _cli(["regress", str(sweep), "--baseline", str(base)], capsys)
+    assert code == 1
+    assert "trades" in out and "logit-magnitude" in out and "clean (ok) -> FLAGGED (fail)" in out
+
+    code, _, err = _cli(["regress", str(sweep), "--baseline", str(tmp_path / "missing.json")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
