@@ -1,0 +1,107 @@
+"""Known-masked control models: wrappers around an honest classifier that hide its gradients.
+
+A masking check is only trusted if it flags these and leaves the honest model alone (the
+"tiny masked fixtures" of ../shared/reference/diagnostics.md, section (d)). Each wrapper
+reproduces one mechanism of Athalye et al. (2018) or defensive distillation, keeps the
+wrapped model's predictions (except `noisy`, by design) and is TorchScript-able, so the CI
+regression stage can hand it to `maskcheck audit` as a foreign model file.
+
+| name      | mechanism                     | how                                             |
+| --------- | ----------------------------- | ----------------------------------------------- |
+| scaled    | saturated logits              | logits x 1e4 (advertorch#63; C&W on distillation) |
+| quantised | non-differentiable step       | input rounded to a few grey levels (BPDA case)  |
+| noisy     | randomness                    | Gaussian noise on the input at inference (EOT case) |
+| zero-grad | vanishing gradients           | a layer whose backward is exactly zero (auto-attack#43) |
+| detached  | gradients unavailable         | the input is detached before the network        |
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ScaledLogits(nn.Module):
+    """Multiplies the logits by `scale`: same argmax, softmax saturated in float32."""
+
+    def __init__(self, model: nn.Module, scale: float = 1e4) -> None:
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.scale
+
+
+class QuantisedInput(nn.Module):
+    """Rounds the input to `levels` grey levels; torch.round has a zero gradient almost everywhere."""
+
+    def __init__(self, model: nn.Module, levels: int = 4) -> None:
+        super().__init__()
+        self.model = model
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = float(self.levels - 1)
+        return self.model(torch.round(x * steps) / steps)
+
+
+class NoisyInput(nn.Module):
+    """Adds fresh Gaussian noise to every forward pass: a randomised defense."""
+
+    def __init__(self, model: nn.Module, sigma: float = 0.3) -> None:
+        super().__init__()
+        self.model = model
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x + self.sigma * torch.randn_like(x)).clamp(0.0, 1.0))
+
+
+class ZeroGradient(nn.Module):
+    """Forward is the identity on x; backward is exactly zero (x.detach() + 0 * x)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.detach() + 0.0 * x)
+
+
+class DetachedInput(nn.Module):
+    """Cuts the graph: the output has no gradient path to the input at all."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.detach())
+
+
+CONTROLS: dict[str, type[nn.Module]] = {
+    "scaled": ScaledLogits,
+    "quantised": QuantisedInput,
+    "noisy": NoisyInput,
+    "zero-grad": ZeroGradient,
+    "detached": DetachedInput,
+}
+
+# The mechanism each control must be flagged for (the verdict's mechanism names).
+EXPECTED_MECHANISM: dict[str, str] = {
+    "scaled": "saturated logits",
+    "quantised": "non-differentiable step",
+    "noisy": "randomness",
+    "zero-grad": "vanishing gradients",
+    "detached": "gradients unavailable",
+}
+
+
+def make_control(name: str, model: nn.Module) -> nn.Module:
+    """Wrap an honest `model` (in eval mode) in the named masking control."""
+    try:
+        wrapper = CONTROLS[name]
+    except KeyError:
+        raise ValueError(f"unknown control {name!r}; valid: {', '.join(CONTROLS)}") from None
+    return wrapper(model).eval()
