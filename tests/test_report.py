@@ -7,10 +7,17 @@ strongest white-box attack and Square break them.
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import html
 import json
 import math
+import os
 import re
+import select
+import shutil
+import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -233,3 +240,135 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("maskcheck: error:") and "Traceback" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+# ---------------------------------------------------------------------------------- Chromium
+# The page is opened in real headless Chromium, driven over the DevTools protocol on a pipe
+# (--remote-debugging-pipe: commands on fd 3, replies and events on fd 4, NUL-separated JSON).
+# That needs no extra library and no port, and unlike scraping --enable-logging output it sees
+# every console error, uncaught exception, failed or external request, and can ask the page
+# itself whether each <img> decoded (complete and naturalWidth > 0) -- the page has no script
+# of its own, DevTools evaluates the check from outside.
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class DevToolsPipe:
+    """A headless Chromium and a minimal blocking DevTools client over its pipe."""
+
+    def __init__(self, profile: Path, timeout: float = 60.0) -> None:
+        cmd_r, cmd_w = os.pipe()
+        res_r, res_w = os.pipe()
+        # Park the child's ends above fd 10 so the dup2 onto 3 and 4 cannot clobber each other.
+        child_in, child_out = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (cmd_r, res_w))
+        for fd in (cmd_r, res_w):
+            os.close(fd)
+        self.log = profile / "chromium.log"
+        profile.mkdir(parents=True, exist_ok=True)
+        args = [CHROMIUM, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--no-default-browser-check", "--disable-extensions", "--window-size=1280,900",
+                f"--user-data-dir={profile / 'profile'}", "about:blank"]
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 1, str(self.log), os.O_WRONLY | os.O_CREAT, 0o644),
+                   (os.POSIX_SPAWN_DUP2, 1, 2), (os.POSIX_SPAWN_DUP2, child_in, 3), (os.POSIX_SPAWN_DUP2, child_out, 4)]
+        self.pid = os.posix_spawn(CHROMIUM, args, os.environ, file_actions=actions)
+        os.close(child_in)
+        os.close(child_out)
+        self.send_fd, self.recv_fd, self.timeout = cmd_w, res_r, timeout
+        self.buffer, self.events, self.next_id = b"", [], 0
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self.buffer:
+            ready, _, _ = select.select([self.recv_fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(self.recv_fd, 1 << 20) if ready else b""
+            if not chunk:
+                raise TimeoutError(f"Chromium did not answer (log: {self.log.read_text(errors='replace')[-2000:]})")
+            self.buffer += chunk
+        raw, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}, **({"sessionId": session} if session else {})}
+        os.write(self.send_fd, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"DevTools {method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_event(self, method: str) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(self._read_message(deadline))
+        return next(e for e in self.events if e.get("method") == method)
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        except (OSError, RuntimeError, TimeoutError):
+            os.kill(self.pid, signal.SIGKILL)
+        finally:
+            os.waitpid(self.pid, 0)
+            os.close(self.send_fd)
+            os.close(self.recv_fd)
+
+
+def open_in_chromium(page: Path, screenshot: Path) -> list[str]:
+    """Load `page`, save a screenshot, and return every problem seen: console errors, exceptions,
+    failed or non-local requests, and images that did not decode."""
+    browser = DevToolsPipe(screenshot.parent / "chromium")
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            browser.call(f"{domain}.enable", session=session)
+        browser.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+        browser.wait_event("Page.loadEventFired")
+        images = browser.call("Runtime.evaluate", {"returnByValue": True, "expression":
+                              "Array.from(document.images, i => [i.alt, i.complete && i.naturalWidth > 0])"},
+                              session=session)["result"]["value"]
+        shot = browser.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+        screenshot.write_bytes(base64.b64decode(shot))
+    finally:
+        browser.close()
+    problems = [f"image did not load: {alt}" for alt, ok in images if not ok]
+    for e in browser.events:
+        method, p = e.get("method"), e.get("params", {})
+        if method == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert"):
+            problems.append(f"console.{p['type']}: {p['args']}")
+        elif method == "Runtime.exceptionThrown":
+            problems.append(f"exception: {p['exceptionDetails'].get('text')}")
+        elif method == "Log.entryAdded" and p["entry"]["level"] == "error":
+            problems.append(f"log error: {p['entry']['text']}")
+        elif method == "Network.loadingFailed":
+            problems.append(f"request failed: {p.get('errorText')}")
+        elif method == "Network.requestWillBeSent" and not p["request"]["url"].startswith(("file:", "data:")):
+            problems.append(f"external request: {p['request']['url']}")
+    return problems + ([] if images else ["page has no images"])
+
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install chromium)")
+
+
+@needs_chromium
+def test_chromium_check_catches_broken_pages(tmp_path: Path) -> None:
+    """Control: the browser check must fail on a broken image, a console error and an external font."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><head><link rel="stylesheet" href="https://example.invalid/x.css"></head><body>'
+                   '<img alt="broken" src="data:image/png;base64,AAAA"><script>console.error("boom")</script></body></html>')
+    problems = open_in_chromium(bad, tmp_path / "bad.png")
+    assert any("image did not load: broken" in p for p in problems)
+    assert any(p.startswith("console.error") for p in problems)
+    assert any("example.invalid" in p for p in problems)
+
+
+@needs_chromium
+def test_report_opens_in_chromium_without_errors(rendered: tuple[Path, str], tmp_path: Path) -> None:
+    out, page = rendered
+    screenshot = tmp_path / "report.png"
+    assert open_in_chromium(out, screenshot) == []
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000

@@ -141,6 +141,7 @@ def _grouped_bars(ax, labels: Sequence[str], series: dict[str, np.ndarray]) -> N
         colour = ATTACK_STYLE.get(name, (None, None))[1]
         ax.bar(pos + (i - (len(series) - 1) / 2) * width, values, width, label=_text(name), color=colour)
     ax.set_xticks(pos, labels, rotation=20 if len(labels) > 4 else 0, fontsize=8)
+    ax.set_xlim(-0.75, len(labels) - 0.25)  # a single group should not stretch over the whole axis
 
 
 def attack_bars(clean_acc: float, robust_acc: dict[str, float]) -> str:
@@ -181,6 +182,8 @@ def robust_vs_temperature(table: pd.DataFrame, reference: str = "trades") -> str
         temps = rows["temperature"].to_numpy(dtype=float)
         if temps.min() > 0 and temps.max() / temps.min() >= 20:
             ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(temps, [f"{t:g}" for t in temps])  # label the temperatures trained, not powers of ten
         ax.set_title(_text(method), fontsize=10)
         ax.set_xlabel("temperature T")
         ax.set_ylim(-0.02, 1.02)

@@ -55,6 +55,8 @@ def markdown_table(table: pd.DataFrame) -> str:
         shown[col] = shown[col].map(pct)
     shown["temperature"] = shown["temperature"].map(lambda t: "-" if t is None or math.isnan(t) else f"{t:g}")
     shown["audit_missing"] = shown["audit_missing"].map(lambda m: "yes" if m else "")
+    for col in ("method", "name", "flagged_checks"):  # a "|" in a name would split the Markdown cell
+        shown[col] = shown[col].str.replace("|", r"\|", regex=False)
     return shown.to_markdown(index=False)
 
 
