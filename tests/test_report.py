@@ -149,6 +149,13 @@ def test_script_in_model_name_is_escaped(tmp_path: Path) -> None:
     assert html.escape(evil) in page
 
 
+def test_audits_without_temperature_render_without_the_curve(tmp_path: Path) -> None:
+    make_audit("trades", "trades", None, False, extra_check=False).save(tmp_path / "a" / "audit.json")
+    make_audit("natural", "natural", None, False, extra_check=False).save(tmp_path / "b" / "audit.json")
+    page = render_report([tmp_path / "a" / "audit.json", tmp_path / "b" / "audit.json"], tmp_path / "r.html").read_text()
+    assert "No audited model has a temperature" in page and "natural not flagged; trades not flagged" in page
+
+
 def test_missing_audits_and_runs_are_marked_not_a_crash(tmp_path: Path) -> None:
     small = [m for m in SWEEP if m[0] in ("trades", "dd-T5", "dd-T10", "ltd-T15", "ltd-T20")]
     sweep = make_sweep(tmp_path, models=small, unaudited={"dd-T5", "ltd-T20"}, untrained={"ltd-T15"})

@@ -39,7 +39,6 @@ def method_phrase(method: str, rows: pd.DataFrame) -> str:
 
 def headline(table: pd.DataFrame) -> str:
     """One phrase per method (in table order), then how many models lack an audit."""
-    table = table.astype({"temperature": float})
     parts = [method_phrase(m, table[table["method"] == m]) for m in dict.fromkeys(table["method"])]
     missing = int(table["audit_missing"].sum())
     if missing:

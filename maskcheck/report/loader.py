@@ -129,7 +129,7 @@ def _audit_entry(audit: AuditResult, path: Path) -> ModelEntry:
     model = audit.model
     name = model.get("name") or (run or {}).get("name") or path.parent.name
     method = model.get("method") or (run or {}).get("method") or "unknown"
-    temperature = model.get("temperature", (run or {}).get("temperature"))
+    temperature = run["temperature"] if run and "temperature" in run else model.get("temperature")
     awp = bool((run or {}).get("awp") or model.get("awp"))
     return ModelEntry(str(name), _method_label(method, awp), _temperature(temperature), run, audit, path)
 
@@ -183,4 +183,5 @@ def matrix_table(entries: Iterable[ModelEntry]) -> pd.DataFrame:
         }
         for e in sorted(entries, key=sort_key)
     ]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    # float even when no model has a temperature, so "no temperature" is always NaN, never None
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({"temperature": float})
