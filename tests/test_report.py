@@ -94,6 +94,14 @@ def make_run(name: str, method: str, temperature: float | None) -> dict:
                                       "train_seconds": 3.0, "history": []}}
 
 
+def _teacher(name: str, method: str, t: float | None, models) -> str | None:
+    """As train-sweep plans them: dd-T{T} learns from dd-teacher-T{T} when the sweep has one, ltd from natural."""
+    if name.startswith("dd-teacher") or method not in ("dd", "ltd"):
+        return None
+    own = f"dd-teacher-T{t:g}"
+    return own if method == "dd" and any(m[0] == own for m in models) else "natural"
+
+
 def make_sweep(root: Path, models=SWEEP, flagged=FLAGGED, unaudited=(), untrained=()) -> Path:
     """A sweep folder as train-sweep + audit leave it; `unaudited` runs lack audit.json, `untrained` lack run.json too."""
     jobs = []
@@ -104,8 +112,8 @@ def make_sweep(root: Path, models=SWEEP, flagged=FLAGGED, unaudited=(), untraine
             (run_dir / "run.json").write_text(json.dumps(make_run(name, method, t)))
             if name not in unaudited:
                 make_audit(name, method, t, name in flagged).save(run_dir / "audit.json")
-        jobs.append({"name": name, "method": method, "temperature": t,
-                     "teacher": "natural" if method in ("dd", "ltd") else None, "run_dir": f"runs/{name}"})
+        jobs.append({"name": name, "method": method, "temperature": t, "teacher": _teacher(name, method, t, models),
+                     "run_dir": f"runs/{name}"})
     sweep = {"schema_version": 1, "kind": "sweep", "dataset": "digits", "arch": "small-cnn", "temps": [1, 5, 10, 15, 20],
              "methods": ["dd", "trades", "ltd"], "seed": 0, "eps": 0.3, "norm": "linf", "jobs": jobs}
     (root / "sweep.json").write_text(json.dumps(sweep))
@@ -168,6 +176,15 @@ def test_missing_audits_and_runs_are_marked_not_a_crash(tmp_path: Path) -> None:
     for name, status in (("dd-T5", "not-audited"), ("ltd-T20", "not-audited"), ("ltd-T15", "not-trained")):
         assert re.search(rf'<span class="cell {status}">\s*<a href="#model-\d+">{name}</a>', page)
     assert "3 of 5 models not audited" in page
+
+
+def test_dd_teachers_get_their_own_row(tmp_path: Path) -> None:
+    """train-sweep trains dd-teacher-T{T} (method dd, same T) for each dd-T{T}: not the same model."""
+    models = [("natural", "natural", None), ("dd-teacher-T10", "dd", 10.0), ("dd-T10", "dd", 10.0), ("dd-T1", "dd", 1.0)]
+    sweep = make_sweep(tmp_path, models=models, flagged={"dd-T10"}, unaudited={"dd-teacher-T10"})
+    table = matrix_table(load_inputs([sweep]).entries).set_index("name")
+    assert table.loc["dd-teacher-T10", "method"] == "dd teacher" and table.loc["dd-T10", "method"] == "dd"
+    assert headline(table.reset_index()) == "dd flagged at T >= 10; dd teacher not audited; natural not flagged; 1 of 4 models not audited"
 
 
 def test_csv_and_markdown_match_the_matrix(rendered: tuple[Path, str]) -> None:

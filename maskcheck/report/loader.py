@@ -35,7 +35,7 @@ class ModelEntry:
     """One model of the report: what trained it (run.json) and what the audit found (audit.json)."""
 
     name: str
-    method: str  # "dd", "trades", ... ; "+awp" appended when trained with AWP
+    method: str  # "dd", "trades", ...; "+awp" appended when trained with AWP, " teacher" for dd's teachers
     temperature: float | None  # the method's distillation temperature; None for methods without one
     run: Mapping[str, Any] | None  # run.json, None when the job has not finished training
     audit: AuditResult | None  # None when the model has not been audited
@@ -109,17 +109,21 @@ def _check_sweep(data: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
 
 
 def _sweep_entries(sweep: Mapping[str, Any], root: Path) -> list[ModelEntry]:
+    try:
+        jobs = [(j["name"], j["method"], j.get("temperature"), j.get("teacher"), root / j["run_dir"]) for j in sweep["jobs"]]
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{root / 'sweep.json'} has a job without {exc}. Rerun train-sweep.") from None
+    # dd trains a teacher per T (dd-teacher-T10) with the same method and T as its student
+    # (dd-T10); they get their own matrix row so the two never share a cell or a headline.
+    methods = {name: method for name, method, *_ in jobs}
+    teachers = {teacher for _, method, _, teacher, _ in jobs if teacher and methods.get(teacher) == method}
     entries = []
-    for job in sweep["jobs"]:
-        try:
-            name, method, temperature, run_dir = job["name"], job["method"], job.get("temperature"), root / job["run_dir"]
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"{root / 'sweep.json'} has a job without {exc}. Rerun train-sweep.") from None
+    for name, method, temperature, _, run_dir in jobs:
         run = _read_run(run_dir / "run.json")
         audit_file = run_dir / "audit.json"
         audit = AuditResult.load(audit_file) if audit_file.is_file() else None
-        awp = bool(run and run.get("awp"))
-        entries.append(ModelEntry(str(name), _method_label(method, awp), _temperature(temperature), run, audit, run_dir))
+        label = _method_label(method, bool(run and run.get("awp"))) + (" teacher" if name in teachers else "")
+        entries.append(ModelEntry(str(name), label, _temperature(temperature), run, audit, run_dir))
     return entries
 
 
