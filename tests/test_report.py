@@ -17,6 +17,8 @@ import re
 import select
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -208,6 +210,13 @@ def test_headline_is_computed_from_the_data(tmp_path: Path, rendered: tuple[Path
     changed = make_sweep(tmp_path / "b", flagged={"dd-T1", "dd-T20", "trades"} | {f"ltd-T{t}" for t in (1, 5, 10, 15, 20)})
     text = headline(matrix_table(load_inputs([changed]).entries))
     assert text == "dd flagged at T = 1, 20; ltd flagged at every T; natural not flagged; trades flagged"
+
+
+def test_report_needs_no_torch() -> None:
+    """JSON in, HTML out: rendering must work where torch is not installed (e.g. a docs or CI box)."""
+    code = "import sys, maskcheck.report; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
 
 
 def test_log_histogram_counts_exact_zeros(tmp_path: Path) -> None:

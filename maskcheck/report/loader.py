@@ -19,6 +19,8 @@ from ..errors import InputError
 from ..fileio import read_json
 from ..results import AuditResult, Severity
 
+# Same numbers as sweep.SWEEP_SCHEMA_VERSION and checkpoint.RUN_SCHEMA_VERSION, not imported
+# from there because those modules load torch and the report must not need it.
 SWEEP_SCHEMA_VERSION = 1
 RUN_SCHEMA_VERSION = 1
 
