@@ -256,6 +256,14 @@ def test_cli_writes_report_and_prints_its_path(tmp_path: Path, capsys: pytest.Ca
     assert not list((tmp_path / "reports").glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_broken_audit_inside_a_sweep_names_its_file(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path, models=SWEEP[:3])
+    broken = sweep / "runs" / "trades" / "audit.json"
+    broken.write_text(json.dumps({**json.loads(broken.read_text()), "verdict": {"flagged": True}}))
+    with pytest.raises(InputError, match=re.escape(str(broken))):
+        render_report([sweep], tmp_path / "r.html")
+
+
 @pytest.mark.parametrize("case", ["missing", "foreign", "schema", "truncated", "dir-without-sweep"])
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
     bad = tmp_path / "in.json"
@@ -270,7 +278,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
         bad = tmp_path / "empty"
         bad.mkdir()
     code, out, err = _main(["report", str(bad), "-o", str(tmp_path / "r.html")], capsys)
-    assert code == 2 and out == ""
+    assert code == 2 and out == "" and str(bad) in err  # the message names the bad file
     assert len(err.strip().splitlines()) == 1 and err.startswith("maskcheck: error:") and "Traceback" not in err
     assert not (tmp_path / "r.html").exists()
 

@@ -92,7 +92,7 @@ def load_inputs(inputs: Iterable[str | Path]) -> ReportInputs:
             sweep_dirs.append(path.parent)
             entries += _sweep_entries(data, path.parent)
         elif isinstance(data, dict) and "checks" in data and "verdict" in data:
-            entries.append(_audit_entry(AuditResult.from_dict(data), path))
+            entries.append(_audit_entry(_load_audit(path, data), path))
         else:
             raise InputError(f"{path} is neither a maskcheck sweep.json nor an audit JSON. Pass sweep folders or audit.json files.")
     if not entries:
@@ -123,10 +123,20 @@ def _sweep_entries(sweep: Mapping[str, Any], root: Path) -> list[ModelEntry]:
     for name, method, temperature, _, run_dir in jobs:
         run = _read_run(run_dir / "run.json")
         audit_file = run_dir / "audit.json"
-        audit = AuditResult.load(audit_file) if audit_file.is_file() else None
+        audit = _load_audit(audit_file, read_json(audit_file, "audit JSON")) if audit_file.is_file() else None
         label = _method_label(method, bool(run and run.get("awp"))) + (" teacher" if name in teachers else "")
         entries.append(ModelEntry(str(name), label, _temperature(temperature), run, audit, run_dir))
     return entries
+
+
+def _load_audit(path: Path, data: Any) -> AuditResult:
+    """AuditResult.from_dict, with the file named in its error (a sweep holds many audit.json)."""
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a maskcheck audit JSON (expected an object). Produce it with maskcheck audit.")
+    try:
+        return AuditResult.from_dict(data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _audit_entry(audit: AuditResult, path: Path) -> ModelEntry:
