@@ -76,9 +76,17 @@ def audit_cmd() -> None:
 
 
 @app.command("report")
-def report_cmd() -> None:
-    """Render the HTML report of a sweep and its audits (not built yet)."""
-    raise MaskcheckError("maskcheck report is not available in this version yet.")
+def report_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Sweep folders (with sweep.json) and/or audit.json files.", show_default=False),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="HTML file to write (default: <first sweep folder>/report.html, else ./report.html). The matrix goes beside it as .csv and .md."),
+) -> None:
+    """Render one self-contained HTML report (JSON in; no model, no GPU) and print its path."""
+    from .report import render_report  # pandas/matplotlib only load for this command
+
+    if out is None:
+        first_dir = next((p for p in inputs if p.is_dir()), None)
+        out = first_dir / "report.html" if first_dir is not None else Path("report.html")
+    typer.echo(render_report(inputs, out))
 
 
 # ========================================================================== regress
