@@ -187,7 +187,9 @@ def load_model(
     if names is not None and any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still loads; saving is deprecated
+                # TorchScript still loads; torch marks it deprecated (DeprecationWarning or FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # the TorchScript loader raises RuntimeError and friends
             raise InputError(f"{path} is a TorchScript archive that failed to load ({type(exc).__name__}: {str(exc)[:120]}).") from None
@@ -199,9 +201,16 @@ def load_model(
 
 
 def export_model(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
-    """Save `model` as a torch.export archive: the safe way to hand a model to someone else."""
+    """Save `model` as a torch.export archive: the safe way to hand a model to someone else.
+
+    The batch dimension is exported as dynamic, so the loaded program accepts any batch size
+    (a plain `torch.export.export` would fix it to `example`'s and fail on every other one).
+    """
     model = model.eval().cpu()
-    program = torch.export.export(model, (example.cpu(),))
+    example = example.cpu()
+    if example.shape[0] < 2:  # torch.export specialises a dimension of size 1 to a constant
+        example = example[:1].expand(2, *example.shape[1:]).clone()
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     buf = io.BytesIO()
     torch.export.save(program, buf)
     data = buf.getvalue()
