@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load(path.read_bytes())
     except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path} is not a valid safetensors file ({exc}). Was it truncated? Save it again.") from None
+        raise InputError(f"{path} is not a valid safetensors file ({_one_line(exc)}). Was it truncated? Save it again.") from None
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -105,25 +106,39 @@ def _zip_names(path: Path) -> list[str] | None:
         return None
 
 
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """`Type: message` squeezed onto one line, for error messages that quote a library's error."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]
+
+
+def _unsafe_global(exc: pickle.UnpicklingError) -> str | None:
+    """The global (`module.name`) torch's weights-only unpickler refused, if that was the reason."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return match.group(1) if match else None
+
+
 def _torch_load_weights_only(path: Path, allow_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
-            first = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ""
+            name = _unsafe_global(exc)
+            if name is None:  # e.g. "Unsupported operand": a damaged file, or opcodes torch.save never writes
+                raise InputError(f"{path} is not a plain-weights PyTorch file and cannot be read safely "
+                                 f"({_one_line(exc)}). Was it truncated or corrupted? Save it again.") from None
             raise UnsafeModelFileError(
-                f"{path} needs arbitrary code to load (a pickled object, not plain weights: {first}). "
+                f"{path} needs arbitrary code to load (it pickles {name}, not plain weights). "
                 "Export it with torch.export.save or torch.jit.save, or save its state_dict and pass --model; "
                 "--unsafe-pickle loads it anyway, running any code it carries."
             ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"{path} is not a readable PyTorch file ({type(exc).__name__}: {str(exc)[:120]}). "
+    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler runs no code; any failure means a bad file
+        raise InputError(f"{path} is not a readable PyTorch file ({_one_line(exc, 120)}). "
                          "Was it truncated or corrupted? Save it again.") from None
     warnings.warn(f"loading {path} with full pickle (--unsafe-pickle): any code inside it runs now.", stacklevel=2)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the file's own code may raise anything
-        raise InputError(f"{path} could not be unpickled ({type(exc).__name__}: {str(exc)[:120]}).") from None
+        raise InputError(f"{path} could not be unpickled ({_one_line(exc, 120)}).") from None
 
 
 def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -182,7 +197,7 @@ def load_model(
         try:
             module = torch.export.load(str(path)).module()
         except Exception as exc:  # torch.export raises many types for a bad archive
-            raise InputError(f"{path} is a torch.export archive that failed to load ({type(exc).__name__}: {str(exc)[:120]}).") from None
+            raise InputError(f"{path} is a torch.export archive that failed to load ({_one_line(exc)}).") from None
         return LoadedModel(module.to(device), info, path.stem, "torch-export")
     if names is not None and any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
         try:
@@ -192,7 +207,7 @@ def load_model(
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # the TorchScript loader raises RuntimeError and friends
-            raise InputError(f"{path} is a TorchScript archive that failed to load ({type(exc).__name__}: {str(exc)[:120]}).") from None
+            raise InputError(f"{path} is a TorchScript archive that failed to load ({_one_line(exc)}).") from None
         return LoadedModel(module.to(device).eval(), info, path.stem, "torchscript")
     obj = _torch_load_weights_only(path, allow_pickle)
     if isinstance(obj, nn.Module):
