@@ -14,7 +14,7 @@ SHAPE = (1, 4, 4)
 eps_st = st.floats(min_value=1e-3, max_value=1.0)
 norm_st = st.sampled_from(["linf", "l2"])
 seed_st = st.integers(0, 2**31 - 1)
-props = settings(max_examples=40, deadline=None)
+props = settings(max_examples=30, deadline=None)
 
 
 def _model() -> nn.Module:

@@ -314,3 +314,16 @@ def test_cifar_augmentation_is_a_padded_crop_or_flip() -> None:
         candidates = [padded[:, i : i + 32, j : j + 32] for i in range(9) for j in range(9)]
         candidates += [c.flip(-1) for c in candidates]
         assert any(torch.equal(x, c) for c in candidates)
+
+
+@pytest.mark.parametrize("n", [0, -5])
+def test_nonpositive_n_is_refused(n: int) -> None:
+    with pytest.raises(InputError, match="--n must be a positive"):
+        data.load_dataset("synthetic").heldout_tensors(n)
+
+
+def test_heldout_tensors_takes_the_first_n() -> None:
+    s = data.load_dataset("synthetic")
+    x, y = s.heldout_tensors(5)
+    assert torch.equal(x, s.heldout.tensors[0][:5]) and torch.equal(y, s.heldout.tensors[1][:5])
+    assert len(s.heldout_tensors(10**6)[1]) == len(s.heldout)
