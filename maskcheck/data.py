@@ -162,6 +162,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise InputError(f"{path} is not an unsigned-byte IDX file; expected the official MNIST format.")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise InputError(f"{path} is truncated inside its header. Download it again.")
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     expected = int(np.prod(dims))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -237,8 +239,11 @@ def _read_cifar_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+    except pickle.UnpicklingError as exc:  # includes our refusal of any non-numpy global
         raise InputError(f"{path} is not a valid CIFAR python batch ({exc}). Download it again.") from None
+    except Exception as exc:  # noqa: BLE001 - damaged bytes raise many types (EOF, Overflow, Key...); no foreign code ran
+        raise InputError(f"{path} is not a valid CIFAR python batch ({type(exc).__name__}: {exc}). "
+                         "Download it again.") from None
 
 
 def _load_cifar(name: str, data_dir: Path, download: bool) -> Splits:
