@@ -102,8 +102,8 @@ def _zip_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as z:
             return z.namelist()
-    except zipfile.BadZipFile:
-        return None
+    except Exception:  # noqa: BLE001 - a damaged zip raises BadZipFile, ValueError, NotImplementedError...;
+        return None  # treat it as no archive: torch.load below then reports the file as unreadable
 
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
