@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import example, given, settings
 
+from fuzzing import damaged
 from maskcheck import __version__
 from maskcheck.checkpoint import (
     RUN_FILE, WEIGHTS_FILE, export_model, is_complete_run, load_model, load_run, save_run, save_weights,
@@ -196,3 +199,30 @@ def test_state_dict_for_another_architecture_names_keys(tmp_path: Path) -> None:
 def test_missing_model_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="model not found"):
         load_model(tmp_path / "nope.pt", dataset="digits")
+
+
+def _good_pt() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"net.w": torch.zeros(3)}, buf)
+    return buf.getvalue()
+
+
+def _bad_zip_name(blob: bytes) -> bytes:
+    """The archive with its first file name made invalid UTF-8 (zipfile raises UnicodeDecodeError)."""
+    b = bytearray(blob)
+    b[b.find(b"PK\x01\x02") + 46] = 0xF1
+    return bytes(b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(blob=damaged(_good_pt()))
+@example(blob=_bad_zip_name(_good_pt()))
+def test_damaged_pt_is_only_ever_an_input_error(tmp_path_factory: pytest.TempPathFactory, blob: bytes) -> None:
+    """Whatever the damage, loading says so in one line: never another exception, never a traceback."""
+    path = tmp_path_factory.mktemp("fuzz") / "model.pt"
+    path.write_bytes(blob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns about odd pickle protocols
+        with pytest.raises(InputError) as err:  # the keys never fit small-cnn, so even a valid load is refused
+            load_model(path, dataset="digits", arch="small-cnn")
+    assert "\n" not in str(err.value)

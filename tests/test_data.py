@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
 
+from fuzzing import damaged
 from maskcheck import data
 from maskcheck.errors import InputError
 
@@ -327,3 +329,31 @@ def test_heldout_tensors_takes_the_first_n() -> None:
     x, y = s.heldout_tensors(5)
     assert torch.equal(x, s.heldout.tensors[0][:5]) and torch.equal(y, s.heldout.tensors[1][:5])
     assert len(s.heldout_tensors(10**6)[1]) == len(s.heldout)
+
+
+_GOOD_BATCH = _py2_pickle({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2]})
+_GOOD_IDX = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 28, 28) + bytes(2 * 784)
+
+
+@settings(max_examples=150, deadline=None)
+@given(blob=damaged(_GOOD_BATCH))
+@example(blob=b"\x80\x04\x8d" + b"\xff" * 8)  # a string length past sys.maxsize: OverflowError
+def test_damaged_cifar_pickle_is_only_ever_an_input_error(tmp_path_factory: pytest.TempPathFactory, blob: bytes) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "data_batch_1"
+    path.write_bytes(blob)
+    try:
+        data._read_cifar_pickle(path)
+    except InputError:
+        pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(blob=damaged(_GOOD_IDX))
+@example(blob=_GOOD_IDX[:10])  # cut inside the header
+def test_damaged_idx_is_only_ever_an_input_error(tmp_path_factory: pytest.TempPathFactory, blob: bytes) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "t10k-images-idx3-ubyte"
+    path.write_bytes(blob)
+    try:
+        data.read_idx(path)
+    except InputError:
+        pass
