@@ -269,8 +269,10 @@ def _load_cifar(name: str, data_dir: Path, download: bool) -> Splits:
             try:
                 xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(d[label_key], dtype=np.int64))
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError) as exc:
                 raise InputError(f"{folder / f} lacks the CIFAR fields data/{label_key.decode()} ({exc}).") from None
+            if len(xs[-1]) != len(ys[-1]):
+                raise InputError(f"{folder / f} has {len(xs[-1])} images but {len(ys[-1])} labels. Download it again.")
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     train_x, train_y = read(train_files)

@@ -357,3 +357,20 @@ def test_damaged_idx_is_only_ever_an_input_error(tmp_path_factory: pytest.TempPa
         data.read_idx(path)
     except InputError:
         pass
+
+
+@pytest.mark.parametrize("content", ["list", "no-labels", "bad-size", "label-count"])
+def test_cifar_batch_with_wrong_fields_is_an_input_error(tmp_path: Path, content: str) -> None:
+    folder = _fake_cifar(tmp_path, "cifar10")
+    batch = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}
+    if content == "list":
+        batch = [1, 2, 3]  # type: ignore[assignment]
+    elif content == "no-labels":
+        del batch[b"labels"]
+    elif content == "bad-size":
+        batch[b"data"] = np.zeros((4, 1000), np.uint8)
+    else:
+        batch[b"labels"] = [0, 1, 2]
+    (folder / "test_batch").write_bytes(_py2_pickle(batch))
+    with pytest.raises(InputError, match="test_batch"):
+        data.load_dataset("cifar10", tmp_path)
