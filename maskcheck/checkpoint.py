@@ -162,8 +162,40 @@ def load_model(
     device: torch.device | str = "cpu",
     allow_pickle: bool = False,
 ) -> LoadedModel:
-    """Load a run folder or a model file for auditing. Never unpickles unless `allow_pickle`."""
-    path = Path(path)
+    """Load a run folder or a model file for auditing. Never unpickles unless `allow_pickle`.
+
+    The model is then run once on a probe batch, so a foreign model that does not fit the
+    dataset (input shape, number of classes) or yields NaN/Inf fails here in one line.
+    """
+    loaded = _load_model(Path(path), dataset, arch, device, allow_pickle)
+    check_outputs(loaded.model, loaded.info, source=str(path))
+    return loaded
+
+
+@torch.no_grad()
+def check_outputs(model: nn.Module, info: DatasetInfo, x: torch.Tensor | None = None, source: str = "the model") -> torch.Tensor:
+    """Logits of `model` on `x` (default: a black, a white and a grey image), checked to be (B, k) and finite."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if x is None:
+        x = torch.stack([torch.full(info.input_shape, v) for v in (0.0, 1.0, 0.5)])
+    try:
+        logits = model(x.to(device))
+    except Exception as exc:  # a foreign model may raise anything on an input it was not built for
+        raise InputError(f"{source} failed on {info.name} inputs of shape {tuple(x.shape)} ({_one_line(exc)}). "
+                         "Check --dataset.") from None
+    expected = (len(x), info.num_classes)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InputError(f"{source} returns logits of shape {got}; {info.name} needs {expected} "
+                         f"({info.num_classes} classes). Check --dataset.")
+    if not torch.isfinite(logits).all():
+        raise InputError(f"{source} returns NaN or Inf logits on {info.name} inputs; a model with broken "
+                         "weights cannot be audited.")
+    return logits
+
+
+def _load_model(path: Path, dataset: str | None, arch: str | None, device: torch.device | str,
+                allow_pickle: bool) -> LoadedModel:
     if not path.exists():
         raise InputError(f"model not found: {path}. Pass a run folder, a .safetensors/.pt file, "
                          "a TorchScript or a torch.export archive.")
