@@ -226,3 +226,35 @@ def test_damaged_pt_is_only_ever_an_input_error(tmp_path_factory: pytest.TempPat
         with pytest.raises(InputError) as err:  # the keys never fit small-cnn, so even a valid load is refused
             load_model(path, dataset="digits", arch="small-cnn")
     assert "\n" not in str(err.value)
+
+
+def _scripted(model: torch.nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["classes", "input-shape", "nan"])
+def test_foreign_model_that_does_not_fit_the_dataset(tmp_path: Path, model: torch.nn.Module, case: str) -> None:
+    if case == "classes":  # a CIFAR-100-style head audited as digits
+        path = _scripted(build_model("small-cnn", get_info("cifar100")).eval(), tmp_path / "m.pt")
+        dataset, expected = "cifar10", r"shape \(3, 100\); cifar10 needs \(3, 10\)"
+    elif case == "input-shape":  # a 1-channel model audited on 3-channel CIFAR
+        path = _scripted(model, tmp_path / "m.pt")
+        dataset, expected = "cifar10", r"failed on cifar10 inputs of shape \(3, 3, 32, 32\)"
+    else:
+        broken = build_model("small-cnn", INFO)
+        broken.net.classifier[3].bias.data[0] = float("nan")
+        path = save_weights(tmp_path / "m.safetensors", broken)
+        dataset, expected = "digits", "NaN or Inf"
+    with pytest.raises(InputError, match=expected) as err:
+        load_model(path, dataset=dataset, arch="small-cnn")
+    assert "\n" not in str(err.value)
+
+
+def test_check_outputs_on_given_inputs(model: torch.nn.Module, x: torch.Tensor) -> None:
+    from maskcheck.checkpoint import check_outputs
+
+    assert torch.equal(check_outputs(model, INFO, x), model(x))
