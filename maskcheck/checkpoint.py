@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load(path.read_bytes())
     except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path} is not a valid safetensors file ({exc}). Was it truncated? Save it again.") from None
+        raise InputError(f"{path} is not a valid safetensors file ({_one_line(exc)}). Was it truncated? Save it again.") from None
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -101,8 +102,19 @@ def _zip_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as z:
             return z.namelist()
-    except zipfile.BadZipFile:
-        return None
+    except Exception:  # noqa: BLE001 - a damaged zip raises BadZipFile, ValueError, NotImplementedError...;
+        return None  # treat it as no archive: torch.load below then reports the file as unreadable
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """`Type: message` squeezed onto one line, for error messages that quote a library's error."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]
+
+
+def _unsafe_global(exc: pickle.UnpicklingError) -> str | None:
+    """The global (`module.name`) torch's weights-only unpickler refused, if that was the reason."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return match.group(1) if match else None
 
 
 def _torch_load_weights_only(path: Path, allow_pickle: bool) -> Any:
@@ -110,20 +122,23 @@ def _torch_load_weights_only(path: Path, allow_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
-            first = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ""
+            name = _unsafe_global(exc)
+            if name is None:  # e.g. "Unsupported operand": a damaged file, or opcodes torch.save never writes
+                raise InputError(f"{path} is not a plain-weights PyTorch file and cannot be read safely "
+                                 f"({_one_line(exc)}). Was it truncated or corrupted? Save it again.") from None
             raise UnsafeModelFileError(
-                f"{path} needs arbitrary code to load (a pickled object, not plain weights: {first}). "
+                f"{path} needs arbitrary code to load (it pickles {name}, not plain weights). "
                 "Export it with torch.export.save or torch.jit.save, or save its state_dict and pass --model; "
                 "--unsafe-pickle loads it anyway, running any code it carries."
             ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"{path} is not a readable PyTorch file ({type(exc).__name__}: {str(exc)[:120]}). "
+    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler runs no code; any failure means a bad file
+        raise InputError(f"{path} is not a readable PyTorch file ({_one_line(exc, 120)}). "
                          "Was it truncated or corrupted? Save it again.") from None
     warnings.warn(f"loading {path} with full pickle (--unsafe-pickle): any code inside it runs now.", stacklevel=2)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the file's own code may raise anything
-        raise InputError(f"{path} could not be unpickled ({type(exc).__name__}: {str(exc)[:120]}).") from None
+        raise InputError(f"{path} could not be unpickled ({_one_line(exc, 120)}).") from None
 
 
 def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -147,8 +162,40 @@ def load_model(
     device: torch.device | str = "cpu",
     allow_pickle: bool = False,
 ) -> LoadedModel:
-    """Load a run folder or a model file for auditing. Never unpickles unless `allow_pickle`."""
-    path = Path(path)
+    """Load a run folder or a model file for auditing. Never unpickles unless `allow_pickle`.
+
+    The model is then run once on a probe batch, so a foreign model that does not fit the
+    dataset (input shape, number of classes) or yields NaN/Inf fails here in one line.
+    """
+    loaded = _load_model(Path(path), dataset, arch, device, allow_pickle)
+    check_outputs(loaded.model, loaded.info, source=str(path))
+    return loaded
+
+
+@torch.no_grad()
+def check_outputs(model: nn.Module, info: DatasetInfo, x: torch.Tensor | None = None, source: str = "the model") -> torch.Tensor:
+    """Logits of `model` on `x` (default: a black, a white and a grey image), checked to be (B, k) and finite."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if x is None:
+        x = torch.stack([torch.full(info.input_shape, v) for v in (0.0, 1.0, 0.5)])
+    try:
+        logits = model(x.to(device))
+    except Exception as exc:  # a foreign model may raise anything on an input it was not built for
+        raise InputError(f"{source} failed on {info.name} inputs of shape {tuple(x.shape)} ({_one_line(exc)}). "
+                         "Check --dataset.") from None
+    expected = (len(x), info.num_classes)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InputError(f"{source} returns logits of shape {got}; {info.name} needs {expected} "
+                         f"({info.num_classes} classes). Check --dataset.")
+    if not torch.isfinite(logits).all():
+        raise InputError(f"{source} returns NaN or Inf logits on {info.name} inputs; a model with broken "
+                         "weights cannot be audited.")
+    return logits
+
+
+def _load_model(path: Path, dataset: str | None, arch: str | None, device: torch.device | str,
+                allow_pickle: bool) -> LoadedModel:
     if not path.exists():
         raise InputError(f"model not found: {path}. Pass a run folder, a .safetensors/.pt file, "
                          "a TorchScript or a torch.export archive.")
@@ -182,15 +229,17 @@ def load_model(
         try:
             module = torch.export.load(str(path)).module()
         except Exception as exc:  # torch.export raises many types for a bad archive
-            raise InputError(f"{path} is a torch.export archive that failed to load ({type(exc).__name__}: {str(exc)[:120]}).") from None
+            raise InputError(f"{path} is a torch.export archive that failed to load ({_one_line(exc)}).") from None
         return LoadedModel(module.to(device), info, path.stem, "torch-export")
     if names is not None and any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still loads; saving is deprecated
+                # TorchScript still loads; torch marks it deprecated (DeprecationWarning or FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # the TorchScript loader raises RuntimeError and friends
-            raise InputError(f"{path} is a TorchScript archive that failed to load ({type(exc).__name__}: {str(exc)[:120]}).") from None
+            raise InputError(f"{path} is a TorchScript archive that failed to load ({_one_line(exc)}).") from None
         return LoadedModel(module.to(device).eval(), info, path.stem, "torchscript")
     obj = _torch_load_weights_only(path, allow_pickle)
     if isinstance(obj, nn.Module):
@@ -199,9 +248,16 @@ def load_model(
 
 
 def export_model(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
-    """Save `model` as a torch.export archive: the safe way to hand a model to someone else."""
+    """Save `model` as a torch.export archive: the safe way to hand a model to someone else.
+
+    The batch dimension is exported as dynamic, so the loaded program accepts any batch size
+    (a plain `torch.export.export` would fix it to `example`'s and fail on every other one).
+    """
     model = model.eval().cpu()
-    program = torch.export.export(model, (example.cpu(),))
+    example = example.cpu()
+    if example.shape[0] < 2:  # torch.export specialises a dimension of size 1 to a constant
+        example = example[:1].expand(2, *example.shape[1:]).clone()
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     buf = io.BytesIO()
     torch.export.save(program, buf)
     data = buf.getvalue()

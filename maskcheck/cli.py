@@ -116,6 +116,9 @@ def regress_cmd(
 # ============================================================================= main
 
 
+INTERRUPTED = "maskcheck: interrupted; finished runs are kept, rerun the same command to resume."
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: user errors become one line and an exit code, never a traceback.
 
@@ -126,8 +129,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     except MaskcheckError as exc:
         typer.echo(f"maskcheck: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("maskcheck: interrupted; finished runs are kept, rerun the same command to resume.", err=True)
+    except SystemExit as exc:
+        if exc.code == 130:  # Typer turns Ctrl-C inside a command into a silent exit 130
+            typer.echo(INTERRUPTED, err=True)
+        raise
+    except KeyboardInterrupt:  # Ctrl-C before a command started
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
 
 

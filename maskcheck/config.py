@@ -101,7 +101,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError(f"--device {spec} asked for CUDA but no GPU is visible. Use --device cpu or auto.")
-        dev = torch.device(spec)
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:  # torch's own message lists every backend it knows; ours says what we take
+            raise InputError(f"--device must be auto, cpu or cuda[:n]; got {spec!r}.") from None
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible.")
         return dev

@@ -162,6 +162,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise InputError(f"{path} is not an unsigned-byte IDX file; expected the official MNIST format.")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise InputError(f"{path} is truncated inside its header. Download it again.")
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     expected = int(np.prod(dims))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -237,8 +239,11 @@ def _read_cifar_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+    except pickle.UnpicklingError as exc:  # includes our refusal of any non-numpy global
         raise InputError(f"{path} is not a valid CIFAR python batch ({exc}). Download it again.") from None
+    except Exception as exc:  # noqa: BLE001 - damaged bytes raise many types (EOF, Overflow, Key...); no foreign code ran
+        raise InputError(f"{path} is not a valid CIFAR python batch ({type(exc).__name__}: {exc}). "
+                         "Download it again.") from None
 
 
 def _load_cifar(name: str, data_dir: Path, download: bool) -> Splits:
@@ -264,8 +269,10 @@ def _load_cifar(name: str, data_dir: Path, download: bool) -> Splits:
             try:
                 xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(d[label_key], dtype=np.int64))
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError) as exc:
                 raise InputError(f"{folder / f} lacks the CIFAR fields data/{label_key.decode()} ({exc}).") from None
+            if len(xs[-1]) != len(ys[-1]):
+                raise InputError(f"{folder / f} has {len(xs[-1])} images but {len(ys[-1])} labels. Download it again.")
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     train_x, train_y = read(train_files)

@@ -25,21 +25,30 @@ def _check_writable(folder: Path) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool = True) -> Path:
-    """Call `write(fileobj)` on a temp file next to `path`, then rename it over `path`."""
+    """Call `write(fileobj)` on a temp file next to `path`, then rename it over `path`.
+
+    An OS error (disk full, `path` is a folder, permissions) becomes an `InputError` naming the
+    path; whatever the failure, the temp file is removed and an existing `path` is left as it was.
+    """
     path = Path(path)
     _check_writable(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write in {path.parent}: {exc.strerror}. Choose a writable --out.") from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise InputError(f"could not write {path}: {exc.strerror or exc}. Check the path and free space.") from None
         raise
     return path
 

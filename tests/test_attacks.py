@@ -1,0 +1,138 @@
+"""Attack invariants, as properties: stay in the eps-ball and in [0, 1], never beat the clean point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maskcheck.attacks import LOSSES, accuracy, dlr_loss, fgsm, margin_loss, pgd, predict, project, random_start
+
+SHAPE = (1, 4, 4)
+eps_st = st.floats(min_value=1e-3, max_value=1.0)
+norm_st = st.sampled_from(["linf", "l2"])
+seed_st = st.integers(0, 2**31 - 1)
+props = settings(max_examples=30, deadline=None)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
+
+
+MODEL = _model()
+
+
+def _batch(seed: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *SHAPE, generator=g)
+    x[0] = 0.0  # corners of the box make the [0, 1] clamp matter
+    x[1] = 1.0
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def _assert_in_ball_and_box(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> None:
+    assert x_adv.shape == x.shape
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    delta = (x_adv - x).flatten(1)
+    if norm == "linf":
+        assert delta.abs().max() <= eps + 1e-6
+    else:
+        assert (delta.norm(dim=1) <= eps * (1 + 1e-5) + 1e-6).all()
+
+
+@props
+@given(seed_st, eps_st, norm_st, st.floats(0.1, 100.0))
+def test_project_lands_in_ball_and_box(seed: int, eps: float, norm: str, scale: float) -> None:
+    x, _ = _batch(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    wild = x + scale * torch.randn(x.shape, generator=g)  # far outside both the ball and the box
+    p = project(wild, x, eps, norm)
+    _assert_in_ball_and_box(p, x, eps, norm)
+    assert torch.allclose(project(p, x, eps, norm), p, atol=1e-6)  # a projection is idempotent
+
+
+@props
+@given(seed_st, eps_st, norm_st)
+def test_random_start_in_ball_and_box_and_seeded(seed: int, eps: float, norm: str) -> None:
+    x, _ = _batch(seed)
+    a = random_start(x, eps, norm, torch.Generator().manual_seed(seed))
+    b = random_start(x, eps, norm, torch.Generator().manual_seed(seed))
+    _assert_in_ball_and_box(a, x, eps, norm)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, x)  # it moved
+
+
+@props
+@given(seed_st, eps_st, norm_st, st.integers(1, 5), st.sampled_from(["uniform", "gaussian", "none"]),
+       st.integers(1, 2), st.sampled_from(sorted(LOSSES)))
+def test_pgd_invariants(seed: int, eps: float, norm: str, steps: int, start: str, restarts: int, loss: str) -> None:
+    x, y = _batch(seed)
+    kw = dict(eps=eps, norm=norm, steps=steps, start=start, restarts=restarts, loss=loss)
+    res = pgd(MODEL, x, y, generator=torch.Generator().manual_seed(seed), record=True, **kw)
+    _assert_in_ball_and_box(res.x_adv, x, eps, norm)
+    with torch.no_grad():
+        clean_correct = MODEL(x).argmax(1) == y
+        adv_logits = MODEL(res.x_adv)
+    assert torch.equal(res.correct, adv_logits.argmax(1) == y)  # the reported outcome is real
+    assert not (res.correct & ~clean_correct).any()  # never does worse than the clean point
+    assert res.loss_history.shape == (steps + 1, len(y)) and res.start_grad_norm.shape == (len(y),)
+    again = pgd(MODEL, x, y, generator=torch.Generator().manual_seed(seed), record=True, **kw)
+    assert torch.equal(again.x_adv, res.x_adv)  # same seed, same result
+    if start == "none":  # the clean point is the first iterate, so the kept point's loss is no lower
+        fn = LOSSES[loss]
+        with torch.no_grad():
+            same = res.correct == clean_correct
+            assert (fn(adv_logits, y)[same] >= fn(MODEL(x), y)[same] - 1e-5).all()
+
+
+@props
+@given(seed_st, eps_st, norm_st)
+def test_fgsm_in_ball_and_box(seed: int, eps: float, norm: str) -> None:
+    x, y = _batch(seed)
+    res = fgsm(MODEL, x, y, eps=eps, norm=norm)
+    _assert_in_ball_and_box(res.x_adv, x, eps, norm)
+    assert accuracy(MODEL, res.x_adv, y) <= accuracy(MODEL, x, y)
+
+
+def test_pgd_breaks_a_linear_model_that_a_large_eps_can_flip() -> None:
+    """Control for the invariants above: PGD is not a no-op. eps=1 can move any image anywhere in the box."""
+    x, y = _batch(0, n=32)
+    y = MODEL(x).argmax(1)  # all clean points correct
+    res = pgd(MODEL, x, y, eps=1.0, steps=20, step_size=0.1, loss="margin")
+    assert accuracy(MODEL, res.x_adv, y) < 1.0
+
+
+def test_loss_shapes_and_signs() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 5, generator=g)
+    y = torch.randint(0, 5, (8,), generator=g)
+    for name, fn in LOSSES.items():
+        assert fn(logits, y).shape == (8,), name
+    assert (LOSSES["ce"](logits, y) >= 0).all()
+    wrong = logits.argmax(1) != y
+    assert torch.equal(margin_loss(logits, y) > 0, wrong)
+    assert torch.allclose(margin_loss(3 * logits, y), 3 * margin_loss(logits, y), atol=1e-5)  # scale-equivariant
+    assert torch.allclose(dlr_loss(3 * logits, y), dlr_loss(logits, y), atol=1e-5)  # scale-invariant
+
+
+def test_predict_batches_match_one_pass() -> None:
+    x, _ = _batch(1, n=11)
+    with torch.no_grad():
+        assert torch.allclose(predict(MODEL, x, batch_size=4), MODEL(x))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_on_a_registry_model(norm: str) -> None:
+    """The attack runs on a real maskcheck Classifier (normalisation inside) and respects the ball."""
+    from maskcheck.data import get_info
+    from maskcheck.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small-cnn", get_info("digits")).eval()
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 3])
+    res = pgd(model, x, y, eps=0.3 if norm == "linf" else 1.0, norm=norm, steps=3)
+    _assert_in_ball_and_box(res.x_adv, x, 0.3 if norm == "linf" else 1.0, norm)
