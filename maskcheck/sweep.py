@@ -108,6 +108,18 @@ def _check_compatible(old: dict[str, Any], new: dict[str, Any], path: Path) -> N
                              "use another --out or the original settings.")
 
 
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete `.NAME.*.tmp` files that a killed process left behind (fileio.atomic_write's pattern).
+
+    They are never read (the real file is only replaced once the temp file is complete), so
+    removing them on the next start loses nothing.
+    """
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file()] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -160,6 +172,7 @@ def run_sweep(
         _check_compatible(old, manifest, path)
         known = {j["name"] for j in manifest["jobs"]}
         manifest["jobs"] = [j for j in old.get("jobs", []) if j["name"] not in known] + manifest["jobs"]
+    remove_stale_temp_files(out)
     atomic_write_json(path, manifest)
     todo = [j for j in plan if not checkpoint.is_complete_run(out / j.run_dir)]
     for j in plan:
