@@ -49,7 +49,7 @@ LAST_CKPT = "last.ckpt"
 # cifar10/100: the TRADES / AWP CIFAR recipe (methods.md sections 4-5): SGD 0.9, wd 5e-4, PGD-10
 # with step 2/255 for training, eps 8/255, 100 epochs with /10 at 75 and 90.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": dict(epochs=8, batch_size=64, optimizer="adam", lr=3e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
+    "digits": dict(epochs=8, batch_size=64, optimizer="adam", lr=5e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
                    milestones=(6,), attack_steps=5, attack_step_size=None, eval_steps=10, eval_n=100),
     "synthetic": dict(epochs=10, batch_size=64, optimizer="adam", lr=3e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
                       milestones=(8,), attack_steps=5, attack_step_size=None, eval_steps=10, eval_n=100),
@@ -272,8 +272,9 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
     autocast = state.ctx.autocast() if state.ctx.autocast is not None else contextlib.nullcontext()
     with autocast:
         loss, logits = state.method.objective(state.wrapped, batch, state.ctx)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{state.cfg.name}: training loss became {loss.item()} at epoch {state.epoch + 1}; lower --lr.")
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{state.cfg.name}: training loss became {value} at epoch {state.epoch + 1}; lower --lr.")
     if state.scaler is not None:
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
@@ -283,7 +284,7 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
         state.optimizer.step()
     if diff is not None:
         state.awp.apply(state.model, diff, -1.0)
-    return loss.item(), int((logits.argmax(1) == y).sum())
+    return value, int((logits.argmax(1) == y).sum())
 
 
 # ------------------------------------------------------------------------ evaluate

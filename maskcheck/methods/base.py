@@ -67,12 +67,18 @@ class Method:
         raise NotImplementedError
 
     def passes(self, ctx: StepContext) -> float:
-        """Forward+backward passes over a batch that one step needs (a forward alone counts 1/3).
+        """Forward+backward passes over a batch that one step needs.
 
-        Used by the throughput benchmark: the bound on images/s is the raw forward+backward rate
-        divided by this number.
+        Cost units: a forward is 1/3 of a training forward+backward, a backward to the input only
+        (attacks need no weight gradients) another 1/3. The throughput benchmark's bound on
+        images/s is the raw forward+backward rate divided by this number.
         """
         return 1.0
+
+
+def attack_passes(steps: int) -> float:
+    """maskcheck.attacks.pgd: `steps` forward + input-backward pairs and one last forward."""
+    return steps * 2 / 3 + 1 / 3
 
 
 def kl_per_example(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

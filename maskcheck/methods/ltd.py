@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import pgd
-from .base import Batch, Method, StepContext, autocast_ctx, eval_mode, kl_from_probs, kl_per_example, split_views
+from .base import Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode, kl_from_probs, kl_per_example, split_views
 
 
 @dataclass
@@ -63,5 +63,5 @@ class LTD(Method):
     def passes(self, ctx: StepContext) -> float:
         if self.beta == 0:
             return 1 + 1 / 3
-        # teacher forward + (steps + 1) attack forwards + steps backwards + 2-view forward/backward
-        return (1 + ctx.attack_steps + 1) / 3 + ctx.attack_steps * 2 / 3 + 2
+        # teacher forward + the attack + one forward/backward of the 2-view batch
+        return attack_passes(ctx.attack_steps) + 1 / 3 + 2

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import pgd
-from .base import Batch, Method, StepContext, autocast_ctx, eval_mode
+from .base import Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode
 
 
 @dataclass
@@ -41,4 +41,4 @@ class PGDAT(Method):
         return F.cross_entropy(logits.float(), batch.y), logits
 
     def passes(self, ctx: StepContext) -> float:
-        return (ctx.attack_steps + 1) / 3 + ctx.attack_steps * 2 / 3 + 1
+        return attack_passes(ctx.attack_steps) + 1

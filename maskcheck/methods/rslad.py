@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Batch, Method, StepContext, autocast_ctx, kl_from_probs, split_views
+from .base import Batch, Method, StepContext, attack_passes, autocast_ctx, kl_from_probs, split_views
 from .trades import kl_attack
 
 
@@ -45,4 +45,4 @@ class RSLAD(Method):
         return loss, clean
 
     def passes(self, ctx: StepContext) -> float:
-        return (1 + ctx.attack_steps + 1) / 3 + ctx.attack_steps * 2 / 3 + 2
+        return attack_passes(ctx.attack_steps) + 1 / 3 + 2

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import pgd
-from .base import Batch, Method, StepContext, autocast_ctx, eval_mode, kl_from_probs, kl_per_example, split_views
+from .base import Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode, kl_from_probs, kl_per_example, split_views
 
 
 def kl_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -50,5 +50,5 @@ class Trades(Method):
         return loss, clean
 
     def passes(self, ctx: StepContext) -> float:
-        # target forward + (steps + 1) attack forwards + steps backwards + 2-view forward/backward
-        return (1 + ctx.attack_steps + 1) / 3 + ctx.attack_steps * 2 / 3 + 2
+        # target forward + the attack + one forward/backward of the 2-view batch
+        return attack_passes(ctx.attack_steps) + 1 / 3 + 2
