@@ -22,7 +22,7 @@ FULL = dict(epochs=5, eval_n=20, final_eval_n=100)
 
 
 def _train(root: Path, method: str, name: str, teacher: Path | None = None, budget: dict = QUICK, **kw: object) -> Path:
-    cfg = make_config(method, "digits", name=name, **budget, **kw)
+    cfg = make_config(method, "digits", name=name, **{**budget, **kw})
     train_run(cfg, root / name, device="cpu", teacher_dir=teacher, progress=False)
     return root / name
 
@@ -166,34 +166,42 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x[:32], y[:32]
 
 
-def _ddp_worker(rank: int, world: int, port: int, method: str, out: str) -> None:
+DDP_METHODS = ("natural", "dd")  # deterministic steps (adversarial methods draw per-rank attack noise)
+
+
+def _ddp_config(method: str) -> training.TrainConfig:
+    return make_config(method, "digits", temperature=10.0 if method == "dd" else None, optimizer="sgd", lr=0.1)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank: a DDP step of the loop's own train_step on its half of the batch; saves the gradients."""
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        cfg = make_config(method, "digits", temperature=10.0 if method == "dd" else None, optimizer="sgd", lr=0.1)
-        state = build_state(cfg, torch.device("cpu"), ddp=Dist(rank, world, rank))
         x, y = _batch()
         half = len(y) // world
-        train_step(state, x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half])
-        torch.save({n: p.grad.clone() for n, p in state.model.named_parameters()}, f"{out}/grad{rank}.pt")
+        for method in DDP_METHODS:
+            state = build_state(_ddp_config(method), torch.device("cpu"), ddp=Dist(rank, world, rank))
+            assert isinstance(state.wrapped, torch.nn.parallel.DistributedDataParallel)
+            train_step(state, x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half])
+            torch.save({n: p.grad.clone() for n, p in state.model.named_parameters()}, f"{out}/{method}{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["natural", "dd"])
-def test_ddp_step_with_two_gloo_processes_matches_one_process(method: str, tmp_path: Path) -> None:
-    tmp_mp.spawn(_ddp_worker, args=(2, _free_port(), method, str(tmp_path)), nprocs=2, join=True)
-    cfg = make_config(method, "digits", temperature=10.0 if method == "dd" else None, optimizer="sgd", lr=0.1)
-    state = build_state(cfg, torch.device("cpu"))
-    train_step(state, *_batch())
-    single = {n: p.grad for n, p in state.model.named_parameters()}
-    for rank in (0, 1):
-        ddp = torch.load(tmp_path / f"grad{rank}.pt", weights_only=True)
-        for n, g in single.items():
-            torch.testing.assert_close(ddp[n], g, rtol=1e-4, atol=1e-6)
+def test_ddp_step_with_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
+    tmp_mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for method in DDP_METHODS:
+        state = build_state(_ddp_config(method), torch.device("cpu"))
+        train_step(state, *_batch())
+        single = {n: p.grad for n, p in state.model.named_parameters()}
+        for rank in (0, 1):
+            ddp = torch.load(tmp_path / f"{method}{rank}.pt", weights_only=True)
+            for n, g in single.items():
+                torch.testing.assert_close(ddp[n], g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{method} rank {rank} {n}: {m}")
 
 
 # ------------------------------------------------------------------------------- CLI
