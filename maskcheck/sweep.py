@@ -16,6 +16,7 @@ one GPU (the least busy). A single run bigger than one GPU is a `torchrun` job o
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import time
@@ -160,7 +161,8 @@ def run_sweep(
     `settings` are TrainConfig overrides shared by every job (epochs, eps, lr, arch, ...).
     """
     out = Path(out)
-    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    # JSON round trip: the manifest stores settings as JSON, so compare them in that form on rerun
+    settings = json.loads(json.dumps({k: v for k, v in (settings or {}).items() if v is not None}))
     methods = list(dict.fromkeys(methods))
     if jobs < 1:
         raise InputError(f"--jobs must be a positive number of worker processes; got {jobs}.")

@@ -146,9 +146,12 @@ def make_config(method: str, dataset: str = "digits", *, preset: str | None = No
         values.update(PRESETS[preset])
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values.get("awp"):
+        # Reference gamma and warm-up; the 10 warm-up epochs of a 200-epoch CIFAR run are capped at a
+        # quarter of shorter runs, so AWP is active on small datasets too.
         gamma, warmup = AWP_DEFAULTS.get(method, (0.005, 0))
         values["awp_gamma"] = gamma if values.get("awp_gamma") is None else values["awp_gamma"]
-        values["awp_warmup"] = warmup if values.get("awp_warmup") is None else values["awp_warmup"]
+        if values.get("awp_warmup") is None:
+            values["awp_warmup"] = min(warmup, int(values.get("epochs", 1)) // 4)
     if "milestones" in values:
         values["milestones"] = tuple(int(m) for m in values["milestones"])
     if not values.get("name"):

@@ -19,7 +19,7 @@ from maskcheck.errors import InputError
 from maskcheck.sweep import SWEEP_FILE, plan_jobs, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(epochs=1, max_train=64, eval_n=10, final_eval_n=20, attack_steps=2)
+TINY = dict(epochs=1, max_train=64, eval_n=10, final_eval_n=20, attack_steps=2, milestones=(1,))  # a tuple, as presets have
 
 
 def test_plan_has_one_shared_teacher_and_teachers_first() -> None:

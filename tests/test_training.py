@@ -135,6 +135,22 @@ def test_resume_refuses_a_checkpoint_with_other_settings(tmp_path: Path, monkeyp
         train_run(make_config("natural", "digits", epochs=2, max_train=64, lr=0.5), tmp_path / "r", device="cpu", progress=False)
 
 
+def test_awp_run_trains_with_perturbation_and_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = training.AWP.apply
+
+    def counting_apply(self: training.AWP, model: torch.nn.Module, diff: dict, sign: float) -> None:
+        calls.append(int(sign))
+        real(self, model, diff, sign)
+
+    monkeypatch.setattr(training.AWP, "apply", counting_apply)
+    cfg = make_config("trades", "digits", awp=True, epochs=4, max_train=64, eval_n=10, final_eval_n=10, attack_steps=2)
+    assert (cfg.awp_gamma, cfg.awp_warmup, cfg.name) == (0.005, 1, "trades-awp")  # TRADES-AWP gamma, warm-up capped
+    record = train_run(cfg, tmp_path / "awp", device="cpu", progress=False)
+    assert record["awp"] is True and record["config"]["awp_gamma"] == 0.005
+    assert calls and calls.count(1) == calls.count(-1) == 3  # 3 epochs x 1 batch after the warm-up epoch
+
+
 def test_lr_schedule_and_paper_preset() -> None:
     cfg = make_config("trades", "cifar10", preset="paper")
     assert (cfg.arch, cfg.epochs, cfg.nesterov, cfg.weight_decay, cfg.attack_steps) == ("wrn-34-10", 120, True, 5e-4, 8)
