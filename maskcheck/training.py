@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 
 from . import checkpoint
 from .attacks import accuracy, pgd
-from .config import derived_seed, format_temperature, resolve_device, seed_everything
+from .config import check_eps, derived_seed, format_temperature, resolve_device, seed_everything
 from .data import get_info, load_dataset
 from .errors import InputError
 from .fileio import atomic_write
@@ -110,6 +110,9 @@ class TrainConfig:
             raise InputError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}.")
         if METHODS[self.method].has_temperature and self.temperature is None:
             raise InputError(f"--method {self.method} needs --temperature T (a positive number, e.g. 5).")
+        if self.temperature is not None and not METHODS[self.method].has_temperature:
+            raise InputError(f"--temperature applies to dd and ltd, not {self.method}; drop it (ltd's student uses --tau).")
+        check_eps(self.eps)
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise InputError(f"--temperature must be a positive number; got {self.temperature}.")
         if not (math.isfinite(self.tau) and self.tau > 0):

@@ -162,6 +162,8 @@ def test_lr_schedule_and_paper_preset() -> None:
     (dict(method="natural", awp=True), "--awp works with"),
     (dict(method="dd", temperature=-1.0), "positive"),
     (dict(method="nope"), "unknown method"),
+    (dict(method="trades", temperature=5.0), "applies to dd and ltd"),
+    (dict(method="natural", eps=1.5), "eps must lie in"),
 ])
 def test_bad_training_settings_are_input_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
