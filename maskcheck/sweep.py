@@ -31,7 +31,7 @@ from . import checkpoint
 from .config import format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
-from .training import make_config, train_run
+from .training import LAST_CKPT, make_config, train_run
 
 SWEEP_FILE = "sweep.json"
 SWEEP_SCHEMA_VERSION = 1
@@ -179,6 +179,8 @@ def run_sweep(
     todo = [j for j in plan if not checkpoint.is_complete_run(out / j.run_dir)]
     for j in plan:
         if j not in todo:
+            # a kill between save_run and the checkpoint's removal leaves a stale resume file
+            (out / j.run_dir / LAST_CKPT).unlink(missing_ok=True)
             log(f"{j.name}: finished, skipped")
     args = (str(out), dataset, seed, settings, str(data_dir) if data_dir else None)
     started = time.perf_counter()

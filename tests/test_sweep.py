@@ -109,18 +109,22 @@ def _check_intact(sweep: Path) -> None:
 
 @pytest.mark.slow
 def test_sweep_survives_sigkill_at_a_random_moment(tmp_path: Path) -> None:
+    """Kill the sweep (parent and workers) once a random number of runs finished, plus a random delay."""
     seed = int(os.environ.get("MASKCHECK_KILL_SEED", time.time_ns() % 10_000))
-    delay = random.Random(seed).uniform(3.0, 30.0)
-    print(f"SIGKILL after {delay:.1f} s (MASKCHECK_KILL_SEED={seed})")
+    rng = random.Random(seed)
+    after_runs, extra = rng.randint(0, 5), rng.uniform(0.0, 2.0)
+    print(f"SIGKILL {extra:.2f} s after {after_runs} finished runs (MASKCHECK_KILL_SEED={seed})")
     out = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(_sweep_cmd(out), cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker processes, mid-write or not
-        proc.wait()
+    deadline = time.monotonic() + 600
+    while len(list(out.glob("runs/*/run.json"))) < after_runs and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(extra)
+    assert proc.poll() is None, "the sweep finished before it could be killed; raise its size"
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker processes, mid-write or not
+    proc.wait()
     time.sleep(0.5)
     _check_intact(out)
     finished = _stamps(out) if (out / "runs").exists() else {}
