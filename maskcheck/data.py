@@ -52,7 +52,8 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.3,), (0.38,), 0.3, "small-cnn"),
+    # eps 0.2, not MNIST's 0.3: on 8x8 digits with 17 grey levels 0.3 leaves TRADES ~13% robust.
+    "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.3,), (0.38,), 0.2, "small-cnn"),
     "mnist": DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), 0.3, "small-cnn"),
     "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), 0.1, "small-cnn"),
     "cifar10": DatasetInfo(

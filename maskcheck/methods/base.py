@@ -1,0 +1,126 @@
+"""What every training method shares: the per-step context, the method contract, KL helpers.
+
+A method is its loss. It is split in two so that one loop (and AWP) can drive all of them:
+
+* `prepare(model, x, y, ctx) -> Batch`: everything computed *before* the weight update that
+  needs no parameter gradient: the inner maximisation (adversarial examples) and teacher soft
+  labels. It may switch the model to eval mode (TRADES / RSLAD reference code does) and must
+  leave it in train mode.
+* `objective(model, batch, ctx) -> (loss, logits)`: the differentiable training loss, a scalar,
+  plus the logits used for the progress bar's training accuracy. AWP evaluates the same
+  objective at perturbed weights, which is why the two halves are separate.
+
+`model` in `objective` may be a DistributedDataParallel wrapper; `prepare` always gets the bare
+module (attacks need no gradient synchronisation, and DDP expects one backward per forward).
+Views of the same batch (x and x') go through the model in *one* concatenated forward: one DDP
+forward per step, and faster. Reference TRADES code uses separate forwards, which differs only for
+networks with BatchNorm (batch statistics over x and x' together instead of separately).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class StepContext:
+    """Per-run settings a loss needs at call time (hyperparameters live on the method)."""
+
+    eps: float
+    norm: str = "linf"
+    attack_steps: int = 10
+    attack_step_size: float | None = None
+    teacher: nn.Module | None = None
+    generator: torch.Generator | None = None
+    autocast: Any = None  # a context-manager factory (AMP on CUDA); None -> no autocast
+
+
+@dataclass
+class Batch:
+    """A training batch plus what `prepare` computed for it."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_adv: torch.Tensor | None = None
+    soft: torch.Tensor | None = None  # teacher probabilities, (B, C)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """Base class: hyperparameters in the constructor, model and data at call time."""
+
+    name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = False
+    has_temperature: ClassVar[bool] = False  # takes a distillation temperature T
+    adversarial: ClassVar[bool] = False
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:
+        return Batch(x, y)
+
+    def objective(self, model: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def passes(self, ctx: StepContext) -> float:
+        """Forward+backward passes over a batch that one step needs.
+
+        Cost units: a forward is 1/3 of a training forward+backward, a backward to the input only
+        (attacks need no weight gradients) another 1/3. The throughput benchmark's bound on
+        images/s is the raw forward+backward rate divided by this number.
+        """
+        return 1.0
+
+
+def attack_passes(steps: int) -> float:
+    """maskcheck.attacks.pgd: `steps` forward + input-backward pairs and one last forward."""
+    return steps * 2 / 3 + 1 / 3
+
+
+def kl_per_example(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(p) || softmax(q)) per example, shape (B,). Gradients flow through both sides."""
+    p_log = F.log_softmax(p_logits.float(), dim=1)
+    q_log = F.log_softmax(q_logits.float(), dim=1)
+    return (p_log.exp() * (p_log - q_log)).sum(1)
+
+
+def kl_from_probs(p: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || softmax(q)) per example for fixed target probabilities p (0 log 0 = 0)."""
+    q_log = F.log_softmax(q_logits.float(), dim=1)
+    p = p.float()
+    return (torch.xlogy(p, p) - p * q_log).sum(1)
+
+
+def soft_cross_entropy(p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """-sum_c p_c log softmax(logits)_c per example (Keras' softmax_cross_entropy_with_logits)."""
+    return -(p.float() * F.log_softmax(logits.float(), dim=1)).sum(1)
+
+
+def split_views(logits: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Undo the concatenated forward: logits of n equal-size views."""
+    return list(logits.chunk(n, dim=0))
+
+
+class eval_mode:
+    """Put a module in eval mode for a block and restore its previous mode after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.was_training = self.model.training
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
+
+
+def autocast_ctx(ctx: StepContext):  # noqa: ANN201 - returns a context manager
+    import contextlib
+
+    return ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()

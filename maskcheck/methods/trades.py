@@ -1,0 +1,54 @@
+"""TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x')).
+
+Reference: `yaodongyu/TRADES/trades.py::trades_loss`; methods.md section 4.
+* inner max: model in eval mode, start x + 0.001 * N(0, 1), PGD on sum_i KL(f(x_i) || f(x'_i)),
+  sign steps, projected to the eps-ball and [0, 1] (maskcheck.attacks.pgd with start="gaussian");
+* loss: KL with batchmean reduction (`KLDivLoss(size_average=False) / batch_size`), beta 6, and the
+  clean target is *not* detached: gradients flow through both arguments (methods.md pitfall 5).
+maskcheck.attacks.pgd returns each example's strongest point (not the last iterate); with sign
+steps on a monotone KL ascent the two rarely differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attacks import pgd
+from .base import Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode, kl_from_probs, kl_per_example, split_views
+
+
+def kl_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """x' maximising KL(target || softmax(f(x'))), TRADES-style (eval mode, Gaussian start)."""
+    with eval_mode(model), autocast_ctx(ctx):
+        result = pgd(
+            model, x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
+            loss=lambda logits, _y: kl_from_probs(target, logits), start="gaussian", generator=ctx.generator,
+        )
+    return result.x_adv
+
+
+@dataclass
+class Trades(Method):
+    name: ClassVar[str] = "trades"
+    adversarial: ClassVar[bool] = True
+    beta: float = 6.0  # TRADES README / train_trades_cifar10.py default
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:
+        # In eval mode model(x) is constant during the attack, so computing it once is exact.
+        with torch.no_grad(), eval_mode(model), autocast_ctx(ctx):
+            target = F.softmax(model(x).float(), dim=1)
+        return Batch(x, y, x_adv=kl_attack(model, x, y, target, ctx))
+
+    def objective(self, model: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        clean, adv = split_views(model(torch.cat([batch.x, batch.x_adv])), 2)
+        loss = F.cross_entropy(clean.float(), batch.y) + self.beta * kl_per_example(clean, adv).mean()
+        return loss, clean
+
+    def passes(self, ctx: StepContext) -> float:
+        # target forward + the attack + one forward/backward of the 2-view batch
+        return attack_passes(ctx.attack_steps) + 1 / 3 + 2

@@ -1,0 +1,485 @@
+"""The single training loop every method goes through.
+
+`train_run(cfg, run_dir)` trains one model into a run folder (ARCHITECTURE.md, "Run folder"):
+optimizer + step schedule + weight decay, AMP and channels_last on CUDA only, a tqdm bar with
+loss and accuracy, clean + PGD accuracy on the held-out split after every epoch, and
+`RUN/last.ckpt` after every epoch so an interrupted run resumes where it stopped. The finished
+run is written by `checkpoint.save_run` (weights, then run.json last).
+
+Under `torchrun` (WORLD_SIZE > 1 in the environment) the same loop runs DistributedDataParallel
+with a DistributedSampler; rank 0 evaluates and writes files. Per-rank batches are
+`batch_size / world_size`, so one DDP step equals one single-process step on the whole batch.
+
+Shuffling and attack noise are reseeded from (seed, epoch) at the start of every epoch, so a
+resumed run sees the same data order as an uninterrupted one without storing RNG states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+
+from . import checkpoint
+from .attacks import accuracy, pgd
+from .config import check_eps, derived_seed, format_temperature, resolve_device, seed_everything
+from .data import get_info, load_dataset
+from .errors import InputError
+from .fileio import atomic_write
+from .methods import AWP, AWP_DEFAULTS, AWP_METHODS, METHODS, StepContext, build_method
+from .methods.base import Method
+from .models import build_model
+
+LAST_CKPT = "last.ckpt"
+
+# ------------------------------------------------------------------------ defaults
+# One table of per-dataset defaults; every entry can be overridden (CLI flags, `overrides=`).
+# digits: chosen so a full sweep (natural + 12 dd + trades + 6 ltd) takes minutes on 2 CPU cores
+# while still showing dd's masking and TRADES/LTD's real robustness; its eps is data.py's.
+# cifar10/100: the TRADES / AWP CIFAR recipe (methods.md sections 4-5): SGD 0.9, wd 5e-4, PGD-10
+# with step 2/255 for training, eps 8/255, 100 epochs with /10 at 75 and 90.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(epochs=8, batch_size=64, optimizer="adam", lr=5e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
+                   milestones=(6,), attack_steps=5, attack_step_size=None, eval_steps=10, eval_n=100),
+    "synthetic": dict(epochs=10, batch_size=64, optimizer="adam", lr=3e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
+                      milestones=(8,), attack_steps=5, attack_step_size=None, eval_steps=10, eval_n=100),
+    "mnist": dict(epochs=10, batch_size=128, optimizer="adam", lr=1e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
+                  milestones=(8,), attack_steps=10, attack_step_size=0.01 * 2.5, eval_steps=20, eval_n=1000),
+    "fashion-mnist": dict(epochs=10, batch_size=128, optimizer="adam", lr=1e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
+                          milestones=(8,), attack_steps=10, attack_step_size=None, eval_steps=20, eval_n=1000),
+    "cifar10": dict(epochs=100, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                    milestones=(75, 90), attack_steps=10, attack_step_size=2 / 255, eval_steps=20, eval_n=1000),
+    "cifar100": dict(epochs=100, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                     milestones=(75, 90), attack_steps=10, attack_step_size=2 / 255, eval_steps=20, eval_n=1000),
+}
+# The LTD paper's CIFAR-10 recipe (App. A): WRN-34-10, 120 epochs, lr 0.1 /10 at 80 and 100, SGD
+# momentum 0.9 Nesterov, wd 5e-4, PGD-8 on training, batch 128 (TRADES default), eps 8/255.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(arch="wrn-34-10", epochs=120, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+                  weight_decay=5e-4, milestones=(80, 100), attack_steps=8, attack_step_size=2 / 255, eps=8 / 255),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of one training run; stored in run.json `config` and in last.ckpt."""
+
+    method: str
+    dataset: str = "digits"
+    arch: str = "small-cnn"
+    name: str = ""
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()  # epochs after which lr *= lr_decay
+    lr_decay: float = 0.1
+    eps: float = 0.3
+    norm: str = "linf"
+    attack_steps: int = 10
+    attack_step_size: float | None = None  # None: 2.5 * eps / steps (Madry et al.)
+    eval_steps: int = 20
+    eval_step_size: float | None = None
+    eval_n: int = 1000  # held-out points attacked after each epoch (progress only)
+    final_eval_n: int = 2000  # held-out points attacked for the recorded metrics.pgd_acc
+    beta: float = 6.0
+    temperature: float | None = None  # distillation temperature T (dd, ltd)
+    tau: float = 1.0  # ltd's fixed student temperature, inside forward at train and test
+    awp: bool = False
+    awp_gamma: float | None = None
+    awp_warmup: int | None = None
+    seed: int = 0
+    max_train: int | None = None  # train on the first N training points only (quick runs, tests)
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}.")
+        if METHODS[self.method].has_temperature and self.temperature is None:
+            raise InputError(f"--method {self.method} needs --temperature T (a positive number, e.g. 5).")
+        if self.temperature is not None and not METHODS[self.method].has_temperature:
+            raise InputError(f"--temperature applies to dd and ltd, not {self.method}; drop it (ltd's student uses --tau).")
+        check_eps(self.eps)
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InputError(f"--temperature must be a positive number; got {self.temperature}.")
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise InputError(f"--tau must be a positive number; got {self.tau}.")
+        if self.awp and self.method not in AWP_METHODS:
+            raise InputError(f"--awp works with {', '.join(AWP_METHODS)}; not with {self.method}.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError(f"--epochs and --batch-size must be positive; got {self.epochs} and {self.batch_size}.")
+        if self.optimizer not in ("adam", "sgd"):
+            raise InputError(f"--optimizer must be adam or sgd; got {self.optimizer!r}.")
+
+    @property
+    def model_temperature(self) -> float:
+        return self.tau if self.method == "ltd" else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def default_run_name(method: str, temperature: float | None, awp: bool = False) -> str:
+    """`natural`, `dd-T20`, `trades`, `ltd-T5`, `trades-awp`, ..."""
+    name = method + ("-awp" if awp else "")
+    return f"{name}-T{format_temperature(temperature)}" if temperature is not None else name
+
+
+def make_config(method: str, dataset: str = "digits", *, preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from the dataset's defaults, then the preset, then explicit overrides (None = keep)."""
+    info = get_info(dataset)
+    values: dict[str, Any] = dict(DATASET_DEFAULTS.get(dataset, DATASET_DEFAULTS["cifar10"]))
+    values.update(arch=info.default_model, eps=info.default_eps)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError(f"unknown --preset {preset!r}; valid: {', '.join(PRESETS)}.")
+        values.update(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("awp"):
+        # Reference gamma and warm-up; the 10 warm-up epochs of a 200-epoch CIFAR run are capped at a
+        # quarter of shorter runs, so AWP is active on small datasets too.
+        gamma, warmup = AWP_DEFAULTS.get(method, (0.005, 0))
+        values["awp_gamma"] = gamma if values.get("awp_gamma") is None else values["awp_gamma"]
+        if values.get("awp_warmup") is None:
+            values["awp_warmup"] = min(warmup, int(values.get("epochs", 1)) // 4)
+    if "milestones" in values:
+        values["milestones"] = tuple(int(m) for m in values["milestones"])
+    if not values.get("name"):
+        values["name"] = default_run_name(method, values.get("temperature"), bool(values.get("awp")))
+    fields = TrainConfig.__dataclass_fields__
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise InputError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(fields)}.")
+    return TrainConfig(method=method, dataset=dataset, preset=preset, **values)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Step schedule: lr * lr_decay ** (number of milestones already passed); epoch is 0-based."""
+    return cfg.lr * cfg.lr_decay ** sum(epoch >= m for m in cfg.milestones)
+
+
+# --------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str = "auto") -> Dist:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...); no-op otherwise.
+
+    NCCL on CUDA, gloo on CPU. Already-initialised groups (tests that spawn processes) are reused.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not dist.is_initialized():
+        return Dist()
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_spec != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+# ---------------------------------------------------------------------------- state
+
+
+@dataclass
+class TrainState:
+    """What one training step needs. `model` is the bare Classifier; `wrapped` may be its DDP."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    method: Method
+    ctx: StepContext
+    awp: AWP | None = None
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _amp_factory(device: torch.device) -> tuple[Callable[[], Any] | None, torch.amp.GradScaler | None]:
+    """Mixed precision on CUDA only: bf16 where supported (no scaler needed), else fp16 + GradScaler."""
+    if device.type != "cuda":
+        return None, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # Weight decay on all parameters, as the PyTorch reference repos do (methods.md pitfall 12).
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | None = None, ddp: Dist = Dist()) -> TrainState:
+    """Model, optimizer, method and step context for `cfg` (model initialised from cfg.seed)."""
+    seed_everything(cfg.seed)
+    info = get_info(cfg.dataset)
+    model = build_model(cfg.arch, info, temperature=cfg.model_temperature).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    wrapped: nn.Module = model
+    if ddp.enabled:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    method = build_method(cfg.method, temperature=cfg.temperature, beta=cfg.beta)
+    if method.needs_teacher and teacher is None:
+        raise InputError(f"--method {cfg.method} needs --teacher RUN_DIR (a finished run folder).")
+    autocast, scaler = _amp_factory(device)
+    ctx = StepContext(eps=cfg.eps, norm=cfg.norm, attack_steps=cfg.attack_steps, attack_step_size=cfg.attack_step_size,
+                      teacher=teacher, generator=torch.Generator(device=device), autocast=autocast)
+    awp = AWP(gamma=cfg.awp_gamma or 0.0, warmup=cfg.awp_warmup or 0) if cfg.awp else None
+    return TrainState(cfg, model, wrapped, make_optimizer(cfg, model), method, ctx, awp, scaler, channels_last)
+
+
+def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """One optimizer step on (x, y); returns (loss, number of correct training predictions).
+
+    Gradients stay in `.grad` after the step (they are cleared at the start of the next one).
+    """
+    if state.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.model.train()
+    batch = state.method.prepare(state.model, x, y, state.ctx)
+    diff = None
+    if state.awp is not None and state.awp.active(state.epoch):
+        diff = state.awp.perturbation(state.model, state.method, batch, state.ctx)
+        state.awp.apply(state.model, diff, +1.0)
+    autocast = state.ctx.autocast() if state.ctx.autocast is not None else contextlib.nullcontext()
+    with autocast:
+        loss, logits = state.method.objective(state.wrapped, batch, state.ctx)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{state.cfg.name}: training loss became {value} at epoch {state.epoch + 1}; lower --lr.")
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        loss.backward()
+        state.optimizer.step()
+    if diff is not None:
+        state.awp.apply(state.model, diff, -1.0)
+    return value, int((logits.argmax(1) == y).sum())
+
+
+# ------------------------------------------------------------------------ evaluate
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n: int, tag: str = "final") -> tuple[float, float]:
+    """(clean accuracy on all of x, PGD-CE accuracy on the first n points), model in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    clean = accuracy(model, x, y)
+    n = min(n, len(y))
+    gen = torch.Generator(device=device)
+    gen.manual_seed(derived_seed(cfg.seed, f"eval-{tag}"))
+    correct = 0
+    for i in range(0, n, 500):
+        xb, yb = x[i : min(i + 500, n)].to(device), y[i : min(i + 500, n)].to(device)
+        res = pgd(model, xb, yb, eps=cfg.eps, norm=cfg.norm, steps=cfg.eval_steps, step_size=cfg.eval_step_size,
+                  loss="ce", start="uniform", generator=gen)
+        correct += int(res.correct.sum())
+    return clean, correct / n if n else float("nan")
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def save_last(run_dir: Path, state: TrainState) -> None:
+    """RUN/last.ckpt: plain state dicts and numbers, loadable with torch.load(weights_only=True)."""
+    obj = {
+        "config": state.cfg.to_dict(),
+        "epoch": state.epoch,  # completed epochs
+        "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "history": state.history,
+    }
+    atomic_write(run_dir / LAST_CKPT, lambda f: torch.save(obj, f))
+
+
+def load_last(run_dir: Path, state: TrainState) -> bool:
+    """Resume `state` from RUN/last.ckpt if present; refuse one written with other settings."""
+    path = run_dir / LAST_CKPT
+    if not path.is_file():
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt checkpoint: torch raises several types
+        raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}); delete it to restart the run.") from None
+    if obj.get("config") != state.cfg.to_dict():
+        raise InputError(f"{path} belongs to a run with other settings; delete {run_dir} or choose another --out.")
+    state.model.load_state_dict(obj["model"])
+    state.optimizer.load_state_dict(obj["optimizer"])
+    if state.scaler is not None and obj.get("scaler"):
+        state.scaler.load_state_dict(obj["scaler"])
+    state.epoch = int(obj["epoch"])
+    state.history = list(obj["history"])
+    return True
+
+
+# ---------------------------------------------------------------------------- loop
+
+
+def _loader(train: Any, cfg: TrainConfig, epoch: int, ddp: Dist, device: torch.device) -> DataLoader:
+    per_rank = max(1, cfg.batch_size // ddp.world_size)
+    if ddp.enabled:
+        sampler: Any = DistributedSampler(train, num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    else:
+        gen = torch.Generator()
+        gen.manual_seed(derived_seed(cfg.seed, f"shuffle-{epoch}"))
+        sampler = RandomSampler(train, generator=gen)
+    workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    return DataLoader(train, batch_size=per_rank, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      drop_last=False, persistent_workers=False)
+
+
+def _load_teacher(teacher_dir: str | Path | None, device: torch.device) -> tuple[nn.Module | None, str | None]:
+    if teacher_dir is None:
+        return None, None
+    loaded = checkpoint.load_run(teacher_dir, device)
+    teacher = loaded.model.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, loaded.name
+
+
+def train_run(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    teacher_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train `cfg` into `run_dir`, resuming from RUN/last.ckpt; returns the run.json record.
+
+    A finished run folder (run.json + weights) is an error here; the sweep skips those instead.
+    """
+    run_dir = Path(run_dir)
+    if checkpoint.is_complete_run(run_dir):
+        raise InputError(f"{run_dir} already holds a finished run; choose another --out or delete it.")
+    ddp = init_distributed(str(device))
+    dev = torch.device(f"cuda:{ddp.local_rank}") if ddp.enabled and torch.cuda.is_available() and str(device) != "cpu" \
+        else (device if isinstance(device, torch.device) else resolve_device(device))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    splits = load_dataset(cfg.dataset, data_dir)
+    train = splits.train if cfg.max_train is None else Subset(splits.train, range(min(cfg.max_train, len(splits.train))))
+    x_held, y_held = splits.heldout_tensors()
+    teacher, teacher_name = _load_teacher(teacher_dir, dev)
+    state = build_state(cfg, dev, teacher, ddp)
+    if load_last(run_dir, state) and log and ddp.is_main:
+        log(f"{cfg.name}: resuming after epoch {state.epoch}/{cfg.epochs}")
+    started = time.perf_counter() - sum(h["seconds"] for h in state.history)
+    while state.epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, state.epoch)
+        state.ctx.generator.manual_seed(derived_seed(cfg.seed, f"attack-{state.epoch}-{ddp.rank}"))
+        loader = _loader(train, cfg, state.epoch, ddp, dev)
+        bar = _progress(loader, f"{cfg.name} {state.epoch + 1}/{cfg.epochs}", progress and ddp.is_main)
+        total_loss, correct, seen = 0.0, 0, 0
+        for x, y in bar:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            loss, n_correct = train_step(state, x, y)
+            total_loss, correct, seen = total_loss + loss * len(y), correct + n_correct, seen + len(y)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if ddp.is_main:
+            clean, robust = evaluate(state.model, x_held, y_held, cfg, cfg.eval_n, f"epoch-{state.epoch}")
+            state.history.append({"epoch": state.epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+                                  "clean_acc": clean, "pgd_acc": robust, "seconds": time.perf_counter() - t0})
+            state.epoch += 1
+            save_last(run_dir, state)
+            if log:
+                h = state.history[-1]
+                log(f"{cfg.name} epoch {h['epoch']}/{cfg.epochs}: loss {h['loss']:.3f} train {h['train_acc']:.3f} "
+                    f"held-out clean {clean:.3f} pgd {robust:.3f}")
+        else:
+            state.epoch += 1
+        if ddp.enabled:
+            dist.barrier()
+    final = evaluate(state.model, x_held, y_held, cfg, cfg.final_eval_n) if ddp.is_main else (float("nan"), float("nan"))
+    seconds = time.perf_counter() - started
+    record = run_record(cfg, state, teacher_name, ddp, seconds, final, min(cfg.final_eval_n, len(y_held)))
+    if ddp.is_main:
+        checkpoint.save_run(run_dir, state.model, record)
+        (run_dir / LAST_CKPT).unlink(missing_ok=True)
+    if ddp.enabled:
+        dist.barrier()
+    return record
+
+
+def run_record(cfg: TrainConfig, state: TrainState, teacher_name: str | None, ddp: Dist, seconds: float,
+               final: tuple[float, float], n_eval: int) -> dict[str, Any]:
+    """The run.json fields of ARCHITECTURE.md ("Run folder"); metrics from the final held-out evaluation."""
+    step = cfg.eval_step_size if cfg.eval_step_size is not None else 2.5 * cfg.eps / max(cfg.eval_steps, 1)
+    return {
+        "seed": cfg.seed,
+        "name": cfg.name,
+        "method": cfg.method,
+        "awp": cfg.awp,
+        "temperature": cfg.temperature if METHODS[cfg.method].has_temperature else None,
+        "model_temperature": cfg.model_temperature,
+        "arch": cfg.arch,
+        "dataset": cfg.dataset,
+        "threat": {"eps": cfg.eps, "norm": cfg.norm},
+        "epochs": cfg.epochs,
+        "teacher": teacher_name,
+        "config": {**cfg.to_dict(), "world_size": ddp.world_size, "amp": state.ctx.autocast is not None,
+                   "channels_last": state.channels_last},
+        "metrics": {
+            "clean_acc": final[0],
+            "pgd_acc": final[1],
+            "pgd": {"steps": cfg.eval_steps, "step_size": step, "n": n_eval, "loss": "ce", "start": "uniform"},
+            "train_seconds": seconds,
+            "history": state.history,
+        },
+    }
+
+
+def _progress(loader: DataLoader, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+__all__ = ["DATASET_DEFAULTS", "PRESETS", "TrainConfig", "build_state", "evaluate", "lr_at", "make_config", "train_run",
+           "train_step"]
