@@ -24,6 +24,15 @@ def _check_writable(folder: Path) -> None:
         raise InputError(f"output folder {folder} is not writable. Choose a writable --out.")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool = True) -> Path:
     """Call `write(fileobj)` on a temp file next to `path`, then rename it over `path`.
 
@@ -37,6 +46,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool
     except OSError as exc:
         raise InputError(f"cannot write in {path.parent}: {exc.strerror}. Choose a writable --out.") from None
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
