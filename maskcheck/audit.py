@@ -317,12 +317,13 @@ def _validate_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_cla
 
 
 def resolve_checks(checks: str | Sequence[str] | None) -> list[str]:
-    """All registered checks by default; else the named ones (unknown names are user errors)."""
+    """All registered checks by default; else the named ones in battery order (unknown names are user errors)."""
     valid = list(REGISTRY)
     if checks is None:
         return valid
     text = checks if isinstance(checks, str) else ",".join(checks)
-    return parse_name_list(text, valid, "check")
+    chosen = set(parse_name_list(text, valid, "check"))
+    return [name for name in valid if name in chosen]
 
 
 # ---------------------------------------------------------------------- verdict

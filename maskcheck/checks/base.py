@@ -9,6 +9,7 @@ A check is a frozen dataclass of its thresholds (all defaulted, overridable per 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
@@ -53,8 +54,8 @@ class Check:
         """Build the typed result; `flagged` is exactly `severity is FAIL` (WARN is shown, not flagged)."""
         flagged = severity is Severity.FAIL
         return CheckResult(
-            check=self.name, flagged=flagged, severity=severity, summary=summary, evidence=dict(evidence),
-            params=dict(params if params is not None else self.params(ctx)), plots=tuple(plots),
+            check=self.name, flagged=flagged, severity=severity, summary=summary, evidence=as_json(evidence),
+            params=as_json(params if params is not None else self.params(ctx)), plots=tuple(plots),
             mechanism=(mechanism or self.mechanism) if flagged else None, remedy=self.remedy if flagged else None,
         )
 
@@ -74,6 +75,20 @@ def make_check(name: str, overrides: Mapping[str, Any] | None = None) -> Check:
     if bad:
         raise InputError(f"check {name!r} has no parameter {', '.join(bad)}; valid: {', '.join(sorted(fields)) or 'none'}.")
     return cls(**overrides)
+
+
+def as_json(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain JSON values (tuples become lists, NaN/Inf become None), so a result survives a save/load round trip."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.loads(json.dumps(clean(dict(d))))
 
 
 # ------------------------------------------------------------------ statistics
