@@ -26,7 +26,8 @@ def incomplete_fraction(history: torch.Tensor, standing: torch.Tensor, last: int
 @register
 @dataclass(frozen=True)
 class AttackConvergence(Check):
-    """Flags when doubling the PGD steps breaks significantly more points (CE or margin loss).
+    """Flags when doubling the PGD steps breaks significantly more points than every white-box attack
+    together (CE or margin loss): the reported number would move with more steps.
 
     Also reports IoAF's incomplete-optimisation fraction over the standing points (a warning when
     above `warn_incomplete`) and the loss curves (mean, 10/50/90% quantiles). Reference: Carlini
@@ -52,7 +53,7 @@ class AttackConvergence(Check):
         worst = None
         for loss, run in (("ce", ctx.pgd_ce), ("margin", ctx.pgd_margin)):
             doubled = ctx.pgd_doubled(loss)
-            e = extra_breaks(doubled, run["correct"], ctx.n, self.null_rate)
+            e = extra_breaks(doubled & ctx.white_box, ctx.white_box, ctx.n, self.null_rate)
             hist = run["history"]
             standing = run["correct"][ctx.clean_correct.nonzero().flatten()]  # history covers clean-correct points
             inc = incomplete_fraction(hist, standing, self.last_steps, self.tol) if hist is not None else 0.0
