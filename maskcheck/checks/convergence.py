@@ -53,7 +53,7 @@ class AttackConvergence(Check):
         worst = None
         for loss, run in (("ce", ctx.pgd_ce), ("margin", ctx.pgd_margin)):
             doubled = ctx.pgd_doubled(loss)
-            e = extra_breaks(doubled & ctx.white_box, ctx.white_box, ctx.n, self.null_rate)
+            e = extra_breaks(doubled, ctx.white_box, ctx.n, self.null_rate)
             hist = run["history"]
             standing = run["correct"][ctx.clean_correct.nonzero().flatten()]  # history covers clean-correct points
             inc = incomplete_fraction(hist, standing, self.last_steps, self.tol) if hist is not None else 0.0

@@ -15,7 +15,7 @@ from .base import Check, extra_breaks, register
 class DistortionSweep(Check):
     """Flags when accuracy rises with eps, or stays significantly above chance at a large eps.
 
-    PGD with the margin loss at eps x `factors` (capped at the input box) plus Linf 0.5. Rising:
+    PGD (`steps`) with the margin loss at eps x `factors` (capped at the input box) plus Linf 0.5. Rising:
     points broken at a smaller eps that stand at the next larger one (exact binomial test over the
     0.2 pp tolerance). Above chance: accuracy at the largest eps vs 1/K (binomial test, and at
     least `min_gap` above). Reference: Athalye et al. 2018 rule 5; Carlini et al. 2019 (Linf 0.5
@@ -23,6 +23,7 @@ class DistortionSweep(Check):
     """
 
     factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    steps: int = 10  # the curve's shape, not its last decimal: half the main PGD's 20 steps
     large_linf_eps: float = 0.5
     null_rate: float = 0.002
     min_gap: float = 0.05
@@ -39,7 +40,7 @@ class DistortionSweep(Check):
         if ctx.norm == "linf":
             grid.add(self.large_linf_eps)
         grid = sorted(grid)
-        correct = [ctx.pgd_margin["correct"] if abs(e - ctx.eps) < 1e-12 else ctx.pgd_at(e) for e in grid]
+        correct = [ctx.pgd_margin["correct"] if abs(e - ctx.eps) < 1e-12 else ctx.pgd_at(e, "margin", self.steps) for e in grid]
         accs = [float(c.float().mean()) for c in correct]
         rises = [extra_breaks(small, large, ctx.n, self.null_rate) for small, large in zip(correct[:-1], correct[1:])]
         worst = max(rises, key=lambda r: r.count) if rises else None
