@@ -47,6 +47,7 @@ def test_worst_case_is_the_per_example_minimum(audit_eps01) -> None:
 
 
 def test_verdict_never_says_robust(audit_eps01) -> None:
+    assert not audit_eps01.verdict.flagged, audit_eps01.verdict.text  # honest CNN with points standing
     assert "robust" not in audit_eps01.verdict.text
     assert audit_eps01.verdict.text.startswith(("no masking detected by", "masking suspected"))
 
