@@ -34,7 +34,7 @@ from .checks import REGISTRY, make_check
 from .config import check_eps, generator_for, parse_name_list, provenance, resolve_device, seed_everything, derived_seed
 from .data import Splits
 from .errors import InputError
-from .results import AuditResult, CheckResult, Severity, Verdict
+from .results import AuditResult, CheckResult, Verdict
 
 DEFAULT_SQUARE_QUERIES = 5000  # AutoAttack standard (autoattack.py: SquareAttack n_queries=5000)
 APGD_ITERS = 100  # AutoAttack standard, 1 restart for APGD-CE (autoattack.py _set_version)
@@ -104,6 +104,8 @@ class AuditContext:
         """Run `attack(x_batch, y_batch) -> correct_batch` on points `idx` in batches; others keep `prior`."""
         correct = prior.clone()
         idx = idx.cpu()
+        if len(idx) == 0:  # nothing left standing: no attack, no progress bar
+            return correct
         with self.timed(name), self.bar(name, len(idx)) as bar:
             for i in range(0, len(idx), self.batch_size):
                 b = idx[i : i + self.batch_size]
