@@ -7,8 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controls import MASKED, digits, honest_cnn
+from maskcheck import attacks
 from maskcheck.audit import run_audit
 from maskcheck.errors import InputError
 from maskcheck.results import SCHEMA_VERSION, AuditResult
@@ -108,3 +111,20 @@ def test_nan_logits_are_a_user_error() -> None:
 def test_inputs_outside_unit_box_are_a_user_error() -> None:
     x, y = digits().heldout_tensors(50)
     _one_line_error(r"inputs must lie in \[0, 1\]", honest_cnn(), (x * 16, y), eps=0.3, num_classes=10, **{**SMALL, "n": 50})
+
+
+@settings(max_examples=15, deadline=None)
+@given(eps=st.floats(0.01, 1.0), norm=st.sampled_from(["linf", "l2"]), steps=st.integers(0, 5))
+def test_early_stopping_pgd_stays_in_the_ball_and_the_box(eps: float, norm: str, steps: int) -> None:
+    """The audit's PGD (stop_when_broken) keeps the attack invariants and never raises accuracy."""
+    x, y = digits().heldout_tensors(32)
+    model = honest_cnn()
+    r = attacks.pgd(model, x, y, eps=eps, norm=norm, steps=steps, stop_when_broken=True, record=True,
+                    generator=torch.Generator().manual_seed(0))
+    delta = (r.x_adv - x).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all() and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+        assert torch.equal(model(r.x_adv).argmax(1) == y, r.correct) and not (r.correct & ~clean).any()
+    assert r.loss_history.shape == (steps + 1, 32)
