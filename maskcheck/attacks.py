@@ -103,20 +103,24 @@ def pgd(
     restarts: int = 1,
     generator: torch.Generator | None = None,
     record: bool = False,
+    stop_when_broken: bool = False,
 ) -> AttackResult:
     """Projected gradient ascent on `loss` (Madry et al. 2018), keeping each example's best point.
 
     step_size defaults to 2.5 * eps / steps (Madry et al.). `start='gaussian'` is TRADES'
     x + 0.001 * N(0, 1). With `record`, the loss per iteration and the start-point gradient
     norms of the last restart are returned for the convergence and gradient-health checks.
-    The model is used as given (call `model.eval()` first for evaluation).
+    With `stop_when_broken`, an example leaves the batch once misclassified (the audit attacks
+    only what still stands; recorded losses are NaN after that). The model is used as given
+    (call `model.eval()` first for evaluation).
     """
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    n = x.shape[0]
     with torch.no_grad():
         best = x.clone()
         best_correct = model(x).argmax(1) == y
-        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        best_loss = torch.full((n,), float("-inf"), device=x.device)
     history: list[torch.Tensor] = []
     start_norm = None
     for _ in range(max(restarts, 1)):
@@ -127,27 +131,40 @@ def pgd(
             x_adv = project(x + 0.001 * noise, x, eps, norm)
         else:
             x_adv = x.clone()
+        idx = best_correct.nonzero().flatten() if stop_when_broken else torch.arange(n, device=x.device)
         history = []
         for i in range(steps + 1):
-            x_adv.requires_grad_(True)
-            logits = model(x_adv)
-            per_ex = loss_fn(logits, y)
+            if len(idx) == 0:
+                break
+            xa = x_adv[idx].detach().requires_grad_(True)
+            ya = y[idx]
+            logits = model(xa)
+            per_ex = loss_fn(logits, ya)
             with torch.no_grad():
-                correct = logits.argmax(1) == y
+                correct = logits.argmax(1) == ya
                 # keep the best point: first any misclassified point, else the highest loss
-                better = (~correct & best_correct) | ((correct == best_correct) & (per_ex > best_loss))
-                best[better] = x_adv.detach()[better]
-                best_loss = torch.where(better, per_ex.detach(), best_loss)
-                best_correct = torch.where(better, correct, best_correct)
+                bc = best_correct[idx]
+                better = (~correct & bc) | ((correct == bc) & (per_ex > best_loss[idx]))
+                sel = idx[better]
+                best[sel] = xa.detach()[better]
+                best_loss[sel] = per_ex.detach()[better]
+                best_correct[sel] = correct[better]
                 if record:
-                    history.append(per_ex.detach().clone())
+                    h = torch.full((n,), float("nan"), device=x.device)
+                    h[idx] = per_ex.detach()
+                    history.append(h)
             if i == steps:
                 break
-            (grad,) = torch.autograd.grad(per_ex.sum(), x_adv)
+            (grad,) = torch.autograd.grad(per_ex.sum(), xa)
             if i == 0 and record:
-                start_norm = grad.flatten(1).abs().sum(1)
+                start_norm = torch.zeros(n, device=x.device)
+                start_norm[idx] = grad.flatten(1).abs().sum(1)
             with torch.no_grad():
-                x_adv = project(x_adv.detach() + _step(grad, step_size, norm), x, eps, norm)
+                x_adv[idx] = project(xa.detach() + _step(grad, step_size, norm), x[idx], eps, norm)
+                if stop_when_broken:
+                    idx = idx[best_correct[idx]]
+        if record:  # pad an early-stopped run to steps + 1 rows
+            history += [torch.full((n,), float("nan"), device=x.device)] * (steps + 1 - len(history))
     return AttackResult(
         x_adv=best.detach(),
         correct=best_correct,

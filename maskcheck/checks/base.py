@@ -1,0 +1,153 @@
+"""The `Check` interface, the registry, and the statistics every attack comparison uses.
+
+A check is a frozen dataclass of its thresholds (all defaulted, overridable per audit) with
+`run(ctx) -> CheckResult`. It reads shared attack runs from the `AuditContext` (see
+`maskcheck.audit`), so one APGD run feeds every check that needs it. Its docstring says
+"Flags when / Why / Reference"; the report shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import binomtest
+
+from ..errors import InputError
+from ..results import CheckResult, PlotData, Severity
+
+if TYPE_CHECKING:
+    from ..audit import AuditContext
+
+REGISTRY: dict[str, type["Check"]] = {}
+
+
+def register(cls: type["Check"]) -> type["Check"]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Check:
+    """Base class: subclasses set `name`, `mechanism`, `remedy` and implement `evaluate`."""
+
+    name: ClassVar[str] = ""
+    mechanism: ClassVar[str] = ""
+    remedy: ClassVar[str] = ""
+
+    def evaluate(self, ctx: "AuditContext") -> CheckResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def params(self, ctx: "AuditContext", **extra: Any) -> dict[str, Any]:
+        """This check's thresholds plus the audit settings it ran with (seed included)."""
+        return {**dataclasses.asdict(self), "eps": ctx.eps, "norm": ctx.norm, "seed": ctx.seed, "eot": ctx.eot, **extra}
+
+    def result(
+        self, ctx: "AuditContext", *, severity: Severity, summary: str, evidence: Mapping[str, Any],
+        plots: Sequence[PlotData] = (), mechanism: str | None = None, params: Mapping[str, Any] | None = None,
+    ) -> CheckResult:
+        """Build the typed result; `flagged` is exactly `severity is FAIL` (WARN is shown, not flagged)."""
+        flagged = severity is Severity.FAIL
+        return CheckResult(
+            check=self.name, flagged=flagged, severity=severity, summary=summary, evidence=as_json(evidence),
+            params=as_json(params if params is not None else self.params(ctx)), plots=tuple(plots),
+            mechanism=(mechanism or self.mechanism) if flagged else None, remedy=self.remedy if flagged else None,
+        )
+
+    def skipped(self, ctx: "AuditContext", reason: str) -> CheckResult:
+        return self.result(ctx, severity=Severity.SKIPPED, summary=f"skipped: {reason}", evidence={})
+
+
+def make_check(name: str, overrides: Mapping[str, Any] | None = None) -> Check:
+    """Instantiate a registered check with threshold overrides; unknown names/fields are user errors."""
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown check {name!r}; valid: {', '.join(REGISTRY)}.") from None
+    overrides = dict(overrides or {})
+    fields = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise InputError(f"check {name!r} has no parameter {', '.join(bad)}; valid: {', '.join(sorted(fields)) or 'none'}.")
+    return cls(**overrides)
+
+
+def as_json(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain JSON values (tuples become lists, NaN/Inf become None), so a result survives a save/load round trip."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.loads(json.dumps(clean(dict(d))))
+
+
+# ------------------------------------------------------------------ statistics
+
+
+@dataclass(frozen=True)
+class ExtraBreaks:
+    """Points a challenger attack broke that a reference attack left standing.
+
+    Under "no masking" a strong reference misses at most a rate `null_rate` of the points the
+    challenger finds; the exact one-sided binomial test asks whether the observed count exceeds
+    that. AutoAttack's own tolerance is 0.2 pp (`check_square_sr`, alpha=.002), used both as the
+    null rate and as the minimum effect size. With n = 200 one example is 0.5 pp, so one or two
+    stray examples never flag a sound model (audit-design-notes.md).
+    """
+
+    count: int
+    n: int
+    p_value: float
+    examples: list[int]
+
+    @property
+    def gap(self) -> float:
+        return self.count / self.n if self.n else 0.0
+
+    def significant(self, min_gap: float, alpha: float) -> bool:
+        return self.count > 0 and self.gap > min_gap and self.p_value < alpha
+
+
+def extra_breaks(challenger_correct: torch.Tensor, reference_correct: torch.Tensor, n: int, null_rate: float, max_examples: int = 50) -> ExtraBreaks:
+    """Count examples broken by the challenger (correct=False) and not by the reference."""
+    extra = (~challenger_correct.cpu()) & reference_correct.cpu()
+    count = int(extra.sum())
+    p = binomtest(count, n, null_rate, alternative="greater").pvalue if n else 1.0
+    return ExtraBreaks(count, n, float(p), extra.nonzero().flatten().tolist()[:max_examples])
+
+
+def mcnemar_greater(b: int, c: int) -> float:
+    """Exact McNemar test (binomial on the discordant pairs): P(b or more of b+c | p=1/2)."""
+    return float(binomtest(b, b + c, 0.5, alternative="greater").pvalue) if b + c else 1.0
+
+
+def finite_list(t: torch.Tensor | np.ndarray, max_len: int = 2000) -> list[float]:
+    """Samples for a histogram: finite values only, as plain floats (JSON has no NaN/Inf)."""
+    a = np.asarray(t.detach().cpu().double() if isinstance(t, torch.Tensor) else t, dtype=float).ravel()
+    a = a[np.isfinite(a)][:max_len]
+    return [float(v) for v in a]
+
+
+def quantile_curves(history: torch.Tensor, name: str) -> dict[str, list[float]]:
+    """Mean and 10/50/90% quantiles over examples of a (steps+1, B) loss history."""
+    h = history.detach().cpu().double()
+    h = torch.where(torch.isfinite(h), h, torch.nan)
+    out = {f"{name} mean": h.nanmean(1)}
+    for q in (0.1, 0.5, 0.9):
+        out[f"{name} q{int(q * 100)}"] = h.nanquantile(q, dim=1)
+    return {k: [float(x) if math.isfinite(x) else 0.0 for x in v.tolist()] for k, v in out.items()}
+
+
+def pp(x: float) -> str:
+    """A fraction as percentage points for summaries: 0.3125 -> '31 pp'."""
+    return f"{100 * x:.0f} pp" if abs(x) >= 0.01 else f"{100 * x:.1f} pp"

@@ -1,0 +1,56 @@
+"""Athalye et al. 2018, rule 2: a black-box attack must not beat the white-box ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..results import CheckResult, PlotData, Severity
+from .base import Check, extra_breaks, pp, register
+
+
+@register
+@dataclass(frozen=True)
+class BlackBoxGap(Check):
+    """Flags when Square (5000 queries) breaks significantly more points than the strongest white-box attack.
+
+    Two per-example gaps: (a) against the cross-entropy attacks most papers report (PGD-CE,
+    APGD-CE), a warning on its own (the loss-disagreement check names its cause); (b) against
+    every white-box attack (adds targeted APGD-DLR, PGD-margin, FGSM), a failure.
+    Why: a query-only attack beating gradients means the gradients mislead. Reference: Athalye
+    et al. 2018 rule 2; AutoAttack checks.check_square_sr (gap > 0.2 pp); Croce & Hein 2020.
+    """
+
+    null_rate: float = 0.002
+    min_gap: float = 0.002
+    alpha: float = 0.01
+
+    name = "black-box-gap"
+    mechanism = "black-box beats white-box"
+    remedy = "use an adaptive attack (BPDA for non-differentiable steps, EOT for randomness) or longer Square"
+
+    def evaluate(self, ctx) -> CheckResult:
+        sq, wb, ce = ctx.square, ctx.white_box, ctx.ce_white_box
+        a = extra_breaks(sq, ce, ctx.n, self.null_rate)
+        b = extra_breaks(sq, wb, ctx.n, self.null_rate)
+        acc = {"PGD-CE": float(ctx.pgd_ce["correct"].float().mean()), "APGD-CE": float(ctx.apgd_ce.float().mean()),
+               "white-box": float(wb.float().mean()), "Square (+PGD-CE)": float(sq.float().mean()),
+               "worst-case": float((sq & wb).float().mean())}
+        plot = PlotData("bars", "White-box vs Square robust accuracy", {"robust accuracy": list(acc.values())},
+                        labels=list(acc), ylabel="accuracy")
+        ev = {"square_queries": ctx.square_queries, "gap_vs_ce": a.gap, "p_value_vs_ce": a.p_value, "examples_vs_ce": a.examples,
+              "gap_vs_white_box": b.gap, "p_value_vs_white_box": b.p_value, "examples_vs_white_box": b.examples,
+              **{f"acc_{k}": v for k, v in acc.items()}}
+        params = self.params(ctx, square_queries=ctx.square_queries)
+        if b.significant(self.min_gap, self.alpha):
+            ev.update(gap=b.gap, headline=f"Square beats the strongest white-box attack by {pp(b.gap)}")
+            return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], params=params, summary=(
+                f"Square breaks {b.count} points ({pp(b.gap)}) that every white-box attack missed (p={b.p_value:.2g}): "
+                f"gradients mislead the attacks; {self.remedy}."))
+        if a.significant(self.min_gap, self.alpha):
+            ev.update(gap=a.gap, headline=f"Square beats APGD-CE by {pp(a.gap)}")
+            return self.result(ctx, severity=Severity.WARN, evidence=ev, plots=[plot], params=params, summary=(
+                f"Square beats the cross-entropy attacks by {pp(a.gap)} but not the strongest white-box attack: "
+                "CE-based numbers are unreliable here; report APGD-T/DLR (see loss-disagreement)."))
+        ev["gap"] = b.gap
+        return self.result(ctx, severity=Severity.OK, evidence=ev, plots=[plot], params=params, summary=(
+            f"Square adds {b.count} break(s) over the white-box attacks, within chance (p={b.p_value:.2g})."))

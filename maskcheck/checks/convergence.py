@@ -1,0 +1,79 @@
+"""Attack convergence: loss curves that still climb, and results that move when steps double."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..results import CheckResult, PlotData, Severity
+from .base import Check, extra_breaks, pp, quantile_curves, register
+
+
+def incomplete_fraction(history: torch.Tensor, standing: torch.Tensor, last: int, tol: float) -> float:
+    """IoAF "incomplete optimisation": on each standing point's loss path, rescaled to [0, 1] and
+    replaced by its running max (the attacker maximises), the last `last` values still rise by > tol."""
+    h = history[:, standing]
+    if h.shape[1] == 0:
+        return 0.0
+    h = torch.nan_to_num(h.double(), nan=0.0, posinf=1e30, neginf=-1e30)
+    lo, hi = h.min(0).values, h.max(0).values
+    scaled = (h - lo) / (hi - lo).clamp_min(1e-12)
+    run = scaled.cummax(0).values[-min(last, len(h)) :]
+    return float(((run.max(0).values - run.min(0).values) > tol).double().mean())
+
+
+@register
+@dataclass(frozen=True)
+class AttackConvergence(Check):
+    """Flags when doubling the PGD steps breaks significantly more points than every white-box attack
+    together (CE or margin loss): the reported number would move with more steps.
+
+    Also reports IoAF's incomplete-optimisation fraction over the standing points (a warning when
+    above `warn_incomplete`) and the loss curves (mean, 10/50/90% quantiles). Reference: Carlini
+    et al. 2019 (doubling test); Pintor et al. 2022, IoAF indicators.py (last 10 steps, 0.05).
+    """
+
+    last_steps: int = 10
+    tol: float = 0.05
+    warn_incomplete: float = 0.1
+    null_rate: float = 0.002
+    min_gap: float = 0.02
+    alpha: float = 0.01
+
+    name = "attack-convergence"
+    mechanism = "attack not converged"
+    remedy = "run more steps and restarts (APGD), and report the stronger result"
+
+    def evaluate(self, ctx) -> CheckResult:
+        if not ctx.grad_ok:
+            return self.skipped(ctx, "no gradient path to the input (see gradient-health)")
+        ev: dict = {}
+        curves: dict[str, list[float]] = {}
+        worst = None
+        for loss, run in (("ce", ctx.pgd_ce), ("margin", ctx.pgd_margin)):
+            doubled = ctx.pgd_doubled(loss)
+            e = extra_breaks(doubled, ctx.white_box, ctx.n, self.null_rate)
+            hist = run["history"]
+            standing = run["correct"][ctx.clean_correct.nonzero().flatten()]  # history covers clean-correct points
+            inc = incomplete_fraction(hist, standing, self.last_steps, self.tol) if hist is not None else 0.0
+            ev.update({f"doubling_extra_breaks_{loss}": e.count, f"doubling_p_value_{loss}": e.p_value,
+                       f"incomplete_fraction_{loss}": inc})
+            if hist is not None and hist.shape[1]:
+                curves.update(quantile_curves(hist, loss))
+            if worst is None or e.gap > worst[1].gap:
+                worst = (loss, e)
+        loss, e = worst
+        ev.update(gap=e.gap, headline=f"doubling the PGD-{loss} steps breaks {pp(e.gap)} more")
+        steps = len(next(iter(curves.values()))) - 1 if curves else 0
+        plot = PlotData("curve", "Attack loss per iteration", curves, x=list(range(steps + 1)), xlabel="iteration", ylabel="loss")
+        if e.significant(self.min_gap, self.alpha):
+            return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], summary=(
+                f"doubling the PGD-{loss} steps breaks {e.count} more points ({pp(e.gap)}, p={e.p_value:.2g}): "
+                f"the attack has not converged; {self.remedy}."))
+        inc = max(ev["incomplete_fraction_ce"], ev["incomplete_fraction_margin"])
+        if inc > self.warn_incomplete:
+            return self.result(ctx, severity=Severity.WARN, evidence=ev, plots=[plot], summary=(
+                f"the loss still rises at the end for {100 * inc:.0f}% of standing points; more steps may help."))
+        return self.result(ctx, severity=Severity.OK, evidence=ev, plots=[plot], summary=(
+            "the attacks converge: doubling the steps changes nothing significant."))

@@ -1,0 +1,51 @@
+"""Logit magnitude: float32 softmax saturation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..results import CheckResult, PlotData, Severity
+from .base import Check, finite_list, register
+
+
+@register
+@dataclass(frozen=True)
+class LogitMagnitude(Check):
+    """Flags when >= `fail_fraction` of clean points have a top-1 logit margin >= `saturation_margin`.
+
+    In float32 softmax rounds to exactly 1 from a margin of about 17 (warning on the median) and
+    the CE gradient underflows to exactly 0 from about 88 (104 with denormals): attacks on CE
+    then see no gradient. Reference: diagnostics.md row 2 (computed in numpy float32); Carlini &
+    Wagner 2016 on defensive distillation; advertorch#63.
+    """
+
+    saturation_margin: float = 88.0
+    softmax_margin: float = 17.0
+    fail_fraction: float = 0.01
+
+    name = "logit-magnitude"
+    mechanism = "saturated logits"
+    remedy = "attack with a margin or DLR loss, or divide the logits by the training temperature"
+
+    def evaluate(self, ctx) -> CheckResult:
+        z = ctx.clean_logits
+        top2 = z.topk(2, dim=1).values
+        margin = top2[:, 0] - top2[:, 1]
+        maxabs = z.abs().max(1).values
+        saturated = float((margin >= self.saturation_margin).float().mean())
+        ev = {"median_max_abs_logit": float(maxabs.median()), "median_margin": float(margin.median()),
+              "max_margin": float(margin.max()), "saturated_fraction": saturated,
+              "softmax_one_fraction": float((margin >= self.softmax_margin).float().mean())}
+        plots = [
+            PlotData("histogram", "max |logit| per point", {"max |logit|": finite_list(maxabs)}, xlabel="max |logit|", ylabel="points"),
+            PlotData("histogram", "Top-1 logit margin", {"margin": finite_list(margin)}, xlabel="top-1 minus top-2 logit", ylabel="points"),
+        ]
+        if saturated >= self.fail_fraction:
+            return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=plots, summary=(
+                f"{100 * saturated:.0f}% of points have a logit margin >= {self.saturation_margin:g} (median "
+                f"{ev['median_margin']:.3g}), where float32 CE gradients underflow; {self.remedy}."))
+        if ev["median_margin"] >= self.softmax_margin:
+            return self.result(ctx, severity=Severity.WARN, evidence=ev, plots=plots, summary=(
+                f"the median logit margin {ev['median_margin']:.3g} rounds softmax to 1; prefer margin/DLR losses."))
+        return self.result(ctx, severity=Severity.OK, evidence=ev, plots=plots, summary=(
+            f"logits are moderate (median margin {ev['median_margin']:.3g})."))

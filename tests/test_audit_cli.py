@@ -1,0 +1,62 @@
+"""`maskcheck audit` through cli.main: files written and exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controls import digits, honest_cnn
+from maskcheck import cli
+from maskcheck.checkpoint import save_run
+from maskcheck.models import build_model
+
+QUICK = ["--n", "60", "--square-queries", "100", "--quiet", "--checks", "logit-magnitude,gradient-health"]
+
+
+def _run_folder(path, model_temperature: float = 1.0):
+    """A maskcheck run folder holding the honest CNN; model_temperature 1e-4 multiplies its logits by 1e4."""
+    model = build_model("small-cnn", digits().info, temperature=model_temperature)
+    model.load_state_dict({**honest_cnn().state_dict(), "temperature": model.temperature})
+    record = {"name": path.name, "method": "natural", "arch": "small-cnn", "dataset": "digits", "seed": 0,
+              "temperature": None, "model_temperature": model_temperature, "threat": {"eps": 0.3, "norm": "linf"}}
+    return save_run(path, model, record)
+
+
+def _main(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["audit", *args])
+    return info.value.code
+
+
+def test_clean_model_exits_0_and_writes_audit_json_into_the_run(tmp_path, capsys) -> None:
+    run = _run_folder(tmp_path / "natural")
+    assert _main([str(run), *QUICK, "--fail-on-flag"]) == 0
+    data = json.loads((run / "audit.json").read_text())
+    assert data["schema_version"] == 1 and data["model"]["name"] == "natural"
+    assert [c["check"] for c in data["checks"]] == ["gradient-health", "logit-magnitude"]
+    assert "no masking detected by 2 checks" in capsys.readouterr().out
+
+
+def test_flagged_model_exits_1_with_fail_on_flag_and_0_without(tmp_path) -> None:
+    run = _run_folder(tmp_path / "scaled", model_temperature=1e-4)
+    out = tmp_path / "a.json"
+    assert _main([str(run), *QUICK, "--fail-on-flag", "--out", str(out)]) == 1
+    assert json.loads(out.read_text())["verdict"]["flagged"] is True
+    assert _main([str(run), *QUICK, "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--checks", "nope"], "unknown check"), (["--n", "0"], "--n must be"), (["--eps", "2"], "eps must lie in"),
+    (["--eps", "abc"], "eps must be a number"), (["--norm", "l7"], "--norm must be"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra: list[str], match: str) -> None:
+    run = _run_folder(tmp_path / "natural")
+    assert _main([str(run), "--quiet", "--n", "20", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+
+
+def test_missing_model_exits_2(tmp_path, capsys) -> None:
+    assert _main([str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert "model not found" in capsys.readouterr().err
