@@ -456,3 +456,79 @@ def default_out(model_path: str | Path) -> Path:
     """MODEL/audit.json for a run folder, else ./audit.json."""
     p = Path(model_path)
     return p / "audit.json" if p.is_dir() else Path("audit.json")
+
+
+
+def _audit_run(run_dir: str, n: int, seed: int, square_queries: int, device: str, data_dir: str | None,
+               progress: bool, threads: int = 0) -> str:
+    """Audit one finished run into RUN/audit.json (a worker of `audit_sweep`); returns the verdict text."""
+    from .checkpoint import load_model
+    from .data import load_dataset
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_model(run_dir, device=device)
+    loaded.extra.setdefault("path", str(run_dir))
+    threat = (loaded.run or {}).get("threat") or {}
+    result = run_audit(loaded, load_dataset(loaded.info.name, data_dir), eps=float(threat.get("eps", loaded.info.default_eps)),
+                       norm=threat.get("norm", "linf"), n=n, seed=seed, square_queries=square_queries, device=device,
+                       progress=progress)
+    result.save(Path(run_dir) / "audit.json")
+    return result.verdict.text
+
+
+def audit_sweep(
+    sweep_dir: str | Path,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    square_queries: int = DEFAULT_SQUARE_QUERIES,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+    include_teachers: bool = False,
+    log: Callable[[str], None] = lambda msg: None,
+) -> list[Path]:
+    """Audit every finished run of a sweep into RUN/audit.json, on `jobs` worker processes.
+
+    Runs audited after their last training are skipped, so this resumes like the sweep does. dd
+    teachers are intermediates (their students are the sweep's dd models) and are skipped unless
+    `include_teachers`. On CPU the cores are split between the workers: small models use one
+    core poorly, so two workers on two cores audit almost twice as fast as one.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .checkpoint import RUN_FILE, is_complete_run
+    from .fileio import read_json
+
+    sweep_dir = Path(sweep_dir)
+    manifest = read_json(sweep_dir / "sweep.json", "sweep manifest")
+    todo, done = [], []
+    for job in manifest.get("jobs", []):
+        run_dir = sweep_dir / job["run_dir"]
+        out = run_dir / "audit.json"
+        if job["name"].startswith("dd-teacher") and not include_teachers:
+            continue
+        if not is_complete_run(run_dir):
+            log(f"audit: {job['name']} is not trained yet; skipped")
+        elif out.is_file() and out.stat().st_mtime >= (run_dir / RUN_FILE).stat().st_mtime:
+            done.append(out)
+        else:
+            todo.append((job["name"], run_dir))
+    dev = str(device)
+    data = str(data_dir) if data_dir else None
+    jobs = max(1, min(jobs, len(todo)))
+    if jobs == 1:
+        for name, run_dir in todo:
+            log(f"audit: {name}: {_audit_run(str(run_dir), n, seed, square_queries, dev, data, progress)}")
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs) if dev == "cpu" else 0
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(_audit_run, str(run_dir), n, seed, square_queries, dev, data, False, threads)
+                       for name, run_dir in todo}
+            for name, future in futures.items():
+                log(f"audit: {name}: {future.result()}")
+    return done + [run_dir / "audit.json" for _, run_dir in todo]

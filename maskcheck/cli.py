@@ -105,7 +105,7 @@ def train_sweep_cmd(
     methods: str = typer.Option("dd,trades,ltd", "--methods", help="Subset of dd,trades,ltd,rslad,pgd-at."),
     dataset: str = typer.Option("digits", "--dataset"),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<dataset>)."),
-    jobs: int = typer.Option(1, "--jobs", help="Parallel worker processes (one GPU each on CUDA)."),
+    jobs: int = typer.Option(1, "--jobs", help="Parallel worker processes for training and audits (one GPU each on CUDA)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     seed: int = typer.Option(0, "--seed"),
     arch: Optional[str] = typer.Option(None, "--arch"),
@@ -118,15 +118,22 @@ def train_sweep_cmd(
     max_train: Optional[int] = typer.Option(None, "--max-train"),
     preset: Optional[str] = typer.Option(None, "--preset"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    report: bool = typer.Option(True, "--report/--no-report", help="Render SWEEP/report.html when the report module exists."),
+    audit: bool = typer.Option(True, "--audit/--no-audit", help="Audit every trained model (RUN/audit.json) after training."),
+    audit_n: int = typer.Option(1000, "--audit-n", help="Held-out points per audit (capped at the split's size)."),
+    square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries per audit (AutoAttack default 5000)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Render the HTML report of the sweep and its audits."),
+    report_out: Optional[Path] = typer.Option(None, "--report-out", help="Report path (default SWEEP/report.html)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
-    """Train natural, dd, trades and ltd over a temperature sweep; rerun to resume."""
+    """Train natural, dd, trades and ltd over a temperature sweep, audit them and render the report; rerun to resume."""
     from .config import parse_name_list, parse_temps
     from .sweep import SWEEP_METHODS, run_sweep
     from .training import PRESETS
 
     temp_list = parse_temps(temps)
     method_list = parse_name_list(methods, SWEEP_METHODS, "--methods")
+    if audit_n <= 0:
+        raise MaskcheckError(f"--audit-n must be a positive number of points; got {audit_n}.")
     settings = _train_settings(arch=arch, epochs=epochs, eps=eps, batch_size=batch_size, lr=lr, attack_steps=attack_steps,
                                attack_step_size=attack_step_size, max_train=max_train)
     if preset is not None:
@@ -135,14 +142,18 @@ def train_sweep_cmd(
         settings = {**PRESETS[preset], **{k: v for k, v in settings.items() if v is not None}}
     sweep_dir = out or Path("runs") / f"sweep-{dataset}"
     run_sweep(sweep_dir, temps=temp_list, methods=method_list, dataset=dataset, seed=seed, device=device, jobs=jobs,
-              settings=settings, data_dir=data_dir, log=info)
+              settings=settings, data_dir=data_dir, progress=progress, log=info)
     typer.echo(f"{sweep_dir / 'sweep.json'}")
+    if audit:
+        from .audit import audit_sweep
+        from .config import resolve_device
+
+        audit_sweep(sweep_dir, n=audit_n, seed=seed, square_queries=square_queries, device=resolve_device(device),
+                    data_dir=data_dir, jobs=jobs, progress=progress, log=info)
     if report:
-        try:
-            from .report import render_report  # written by the report issue; absent in older versions
-        except ImportError:
-            return
-        typer.echo(str(render_report(sweep_dir, sweep_dir / "report.html")))
+        from .report import render_report
+
+        typer.echo(str(render_report([sweep_dir], report_out or sweep_dir / "report.html")))
 
 
 @app.command("select-temperature")

@@ -19,7 +19,10 @@ def incomplete_fraction(history: torch.Tensor, standing: torch.Tensor, last: int
     h = torch.nan_to_num(h.double(), nan=0.0, posinf=1e30, neginf=-1e30)
     lo, hi = h.min(0).values, h.max(0).values
     scaled = (h - lo) / (hi - lo).clamp_min(1e-12)
-    run = scaled.cummax(0).values[-min(last, len(h)) :]
+    # IoAF looks at the last 10 of its (100+) steps, i.e. the last tenth of the path; on a short
+    # 20-step PGD the last 10 values are half the path and still rise on any sound model.
+    window = min(last, max(2, round(0.1 * len(h))))
+    run = scaled.cummax(0).values[-window:]
     return float(((run.max(0).values - run.min(0).values) > tol).double().mean())
 
 

@@ -29,7 +29,8 @@ class LossDisagreement(Check):
     alpha: float = 0.01
 
     name = "loss-disagreement"
-    mechanism = "saturated logits"
+    # Not "saturated logits": the logit-magnitude check says whether saturation is the cause.
+    mechanism = "CE/margin loss disagreement"
     remedy = "attack with a margin or DLR loss (APGD-T), or divide the logits by the temperature"
 
     def evaluate(self, ctx) -> CheckResult:
