@@ -9,7 +9,7 @@ regression stage can hand it to `maskcheck audit` as a foreign model file.
 | name      | mechanism                     | how                                             |
 | --------- | ----------------------------- | ----------------------------------------------- |
 | scaled    | saturated logits              | logits x 1e4 (advertorch#63; C&W on distillation) |
-| quantised | non-differentiable step       | input rounded to a few grey levels (BPDA case)  |
+| quantised | vanishing gradients (rounding) | input rounded to a few grey levels (BPDA case)  |
 | noisy     | randomness                    | Gaussian noise on the input at inference (EOT case) |
 | zero-grad | vanishing gradients           | a layer whose backward is exactly zero (auto-attack#43) |
 | detached  | gradients unavailable         | the input is detached before the network        |
@@ -34,7 +34,7 @@ class ScaledLogits(nn.Module):
 
 
 class QuantisedInput(nn.Module):
-    """Rounds the input to `levels` grey levels; torch.round has a zero gradient almost everywhere."""
+    """Rounds the input to `levels` + 1 grey levels; torch.round has a zero gradient almost everywhere."""
 
     def __init__(self, model: nn.Module, levels: int = 4) -> None:
         super().__init__()
@@ -42,14 +42,13 @@ class QuantisedInput(nn.Module):
         self.levels = levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        steps = float(self.levels - 1)
-        return self.model(torch.round(x * steps) / steps)
+        return self.model(torch.round(x * self.levels) / self.levels)
 
 
 class NoisyInput(nn.Module):
     """Adds fresh Gaussian noise to every forward pass: a randomised defense."""
 
-    def __init__(self, model: nn.Module, sigma: float = 0.3) -> None:
+    def __init__(self, model: nn.Module, sigma: float = 0.1) -> None:
         super().__init__()
         self.model = model
         self.sigma = sigma
@@ -88,13 +87,14 @@ CONTROLS: dict[str, type[nn.Module]] = {
     "detached": DetachedInput,
 }
 
-# The mechanism each control must be flagged for (the verdict's mechanism names).
-EXPECTED_MECHANISM: dict[str, str] = {
-    "scaled": "saturated logits",
-    "quantised": "non-differentiable step",
-    "noisy": "randomness",
-    "zero-grad": "vanishing gradients",
-    "detached": "gradients unavailable",
+# The check that must flag each control, and the mechanism it must name. Rounding shows up as
+# exactly-zero input gradients (gradient-health), the same signature as the zero-gradient layer.
+EXPECTED: dict[str, tuple[str, str]] = {
+    "scaled": ("logit-magnitude", "saturated logits"),
+    "quantised": ("gradient-health", "vanishing gradients"),
+    "noisy": ("autoattack-flags", "randomness"),
+    "zero-grad": ("gradient-health", "vanishing gradients"),
+    "detached": ("gradient-health", "gradients unavailable"),
 }
 
 

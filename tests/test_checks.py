@@ -64,7 +64,7 @@ def test_masked_control_is_flagged_by_its_mechanism(control: str) -> None:
 
 
 def test_scaled_logits_are_caught_by_the_loss_disagreement() -> None:
-    result = run_audit(MASKED["scaled-logits"][0](honest_cnn()), digits(), eps=0.3, checks=["loss-disagreement"], **FAST)
+    result = run_audit(MASKED["scaled"][0](honest_cnn()), digits(), eps=0.3, checks=["loss-disagreement"], **FAST)
     c = result.check("loss-disagreement")
     assert c.flagged and c.evidence["margin_only_breaks"] > 50
 
@@ -85,7 +85,7 @@ def test_gradients_unavailable_is_a_finding_not_a_crash() -> None:
 
 
 def test_threshold_override_changes_the_outcome() -> None:
-    model = MASKED["scaled-logits"][0](honest_cnn())
+    model = MASKED["scaled"][0](honest_cnn())
     result = run_audit(model, digits(), eps=0.3, checks=["logit-magnitude"],
                        overrides={"logit-magnitude": {"saturation_margin": 1e9}}, **FAST)
     assert not result.check("logit-magnitude").flagged
