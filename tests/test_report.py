@@ -183,10 +183,19 @@ def test_missing_audits_and_runs_are_marked_not_a_crash(tmp_path: Path) -> None:
 def test_dd_teachers_get_their_own_row(tmp_path: Path) -> None:
     """train-sweep trains dd-teacher-T{T} (method dd, same T) for each dd-T{T}: not the same model."""
     models = [("natural", "natural", None), ("dd-teacher-T10", "dd", 10.0), ("dd-T10", "dd", 10.0), ("dd-T1", "dd", 1.0)]
-    sweep = make_sweep(tmp_path, models=models, flagged={"dd-T10"}, unaudited={"dd-teacher-T10"})
+    sweep = make_sweep(tmp_path, models=models, flagged={"dd-T10", "dd-teacher-T10"})
     table = matrix_table(load_inputs([sweep]).entries).set_index("name")
     assert table.loc["dd-teacher-T10", "method"] == "dd teacher" and table.loc["dd-T10", "method"] == "dd"
-    assert headline(table.reset_index()) == "dd flagged at T >= 10; dd teacher not audited; natural not flagged; 1 of 4 models not audited"
+    assert headline(table.reset_index()) == "dd flagged at T >= 10; dd teacher flagged at every T; natural not flagged"
+
+
+def test_unaudited_dd_teachers_are_left_out(tmp_path: Path) -> None:
+    """train-sweep audits the dd students, not their teachers: no 'not audited' row for those."""
+    models = [("natural", "natural", None), ("dd-teacher-T10", "dd", 10.0), ("dd-T10", "dd", 10.0)]
+    sweep = make_sweep(tmp_path, models=models, flagged={"dd-T10"}, unaudited={"dd-teacher-T10"})
+    table = matrix_table(load_inputs([sweep]).entries)
+    assert list(table["name"]) == ["dd-T10", "natural"]
+    assert headline(table) == "dd flagged at every T; natural not flagged"
 
 
 def test_csv_and_markdown_match_the_matrix(rendered: tuple[Path, str]) -> None:

@@ -117,6 +117,8 @@ def _sweep_entries(sweep: Mapping[str, Any], root: Path) -> list[ModelEntry]:
         raise InputError(f"{root / 'sweep.json'} has a job without {exc}. Rerun train-sweep.") from None
     # dd trains a teacher per T (dd-teacher-T10) with the same method and T as its student
     # (dd-T10); they get their own matrix row so the two never share a cell or a headline.
+    # train-sweep does not audit these intermediates, so an unaudited teacher is left out rather
+    # than reported as missing.
     methods = {name: method for name, method, *_ in jobs}
     teachers = {teacher for _, method, _, teacher, _ in jobs if teacher and methods.get(teacher) == method}
     entries = []
@@ -124,6 +126,8 @@ def _sweep_entries(sweep: Mapping[str, Any], root: Path) -> list[ModelEntry]:
         run = _read_run(run_dir / "run.json")
         audit_file = run_dir / "audit.json"
         audit = _load_audit(audit_file, read_json(audit_file, "audit JSON")) if audit_file.is_file() else None
+        if name in teachers and audit is None:
+            continue
         label = _method_label(method, bool(run and run.get("awp"))) + (" teacher" if name in teachers else "")
         entries.append(ModelEntry(str(name), label, _temperature(temperature), run, audit, run_dir))
     return entries
