@@ -465,7 +465,10 @@ def _audit_run(run_dir: str, n: int, seed: int, square_queries: int, device: str
     from .checkpoint import load_model
     from .data import load_dataset
 
-    if threads:
+    if threads:  # a worker process of audit_sweep
+        from .sweep import die_with_parent
+
+        die_with_parent()
         torch.set_num_threads(threads)
     loaded = load_model(run_dir, device=device)
     loaded.extra.setdefault("path", str(run_dir))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -121,7 +122,24 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the sweep process dies (e.g. killed with SIGKILL).
+
+    Without it, orphaned workers keep training into the sweep folder after the user stopped it,
+    and a rerun races them. Elsewhere it is a no-op (workers then end with their current job).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def _worker_init(threads: int) -> None:
+    die_with_parent()
     torch.set_num_threads(threads)
 
 
