@@ -49,6 +49,6 @@ class LossDisagreement(Check):
         if e.gap >= self.min_gap and e.p_value < self.alpha:
             return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], summary=(
                 f"margin-loss attacks break {e.count} points ({pp(e.gap)}) that the cross-entropy attacks missed "
-                f"(p={e.p_value:.2g}): the softmax saturates; {self.remedy}."))
+                f"(p={e.p_value:.2g}): cross-entropy gradients mislead the attack (saturated or flattened softmax; see logit-magnitude); {self.remedy}."))
         return self.result(ctx, severity=Severity.OK, evidence=ev, plots=[plot], summary=(
             f"margin-loss attacks add {pp(e.gap)} over the cross-entropy attacks, within tolerance (p={e.p_value:.2g})."))
