@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from maskcheck.config import resolve_device
+from maskcheck.errors import MaskcheckError
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -26,9 +27,12 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Pin the CPU thread count and resolve `--device` (a bad value is a one-line InputError)."""
+    """Pin the CPU thread count and resolve `--device`; a bad value exits with one line, no traceback."""
     torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
+    try:
+        return resolve_device(args.device)
+    except MaskcheckError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def sync(device: torch.device) -> None:
