@@ -459,6 +459,13 @@ def default_out(model_path: str | Path) -> Path:
 
 
 
+def run_threat(loaded: LoadedModel, eps: float | None = None, norm: str | None = None) -> tuple[float, str]:
+    """The budget to audit with: given values first, then the run's own threat model, then the dataset's."""
+    threat = (loaded.run or {}).get("threat") or {}
+    return (float(threat.get("eps", loaded.info.default_eps)) if eps is None else eps,
+            norm or threat.get("norm", "linf"))
+
+
 def _audit_run(run_dir: str, n: int, seed: int, square_queries: int, device: str, data_dir: str | None,
                progress: bool, threads: int = 0) -> str:
     """Audit one finished run into RUN/audit.json (a worker of `audit_sweep`); returns the verdict text."""
@@ -472,9 +479,8 @@ def _audit_run(run_dir: str, n: int, seed: int, square_queries: int, device: str
         torch.set_num_threads(threads)
     loaded = load_model(run_dir, device=device)
     loaded.extra.setdefault("path", str(run_dir))
-    threat = (loaded.run or {}).get("threat") or {}
-    result = run_audit(loaded, load_dataset(loaded.info.name, data_dir), eps=float(threat.get("eps", loaded.info.default_eps)),
-                       norm=threat.get("norm", "linf"), n=n, seed=seed, square_queries=square_queries, device=device,
+    eps, norm = run_threat(loaded)
+    result = run_audit(loaded, load_dataset(loaded.info.name, data_dir), eps=eps, norm=norm, n=n, seed=seed, square_queries=square_queries, device=device,
                        progress=progress)
     result.save(Path(run_dir) / "audit.json")
     return result.verdict.text

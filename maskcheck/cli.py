@@ -207,7 +207,7 @@ def audit_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Run the gradient-masking checks on a model and write the audit JSON."""
-    from .audit import default_out, resolve_checks, run_audit
+    from .audit import default_out, resolve_checks, run_audit, run_threat
     from .checkpoint import load_model
     from .config import parse_eps, resolve_device
     from .data import load_dataset
@@ -218,10 +218,9 @@ def audit_cmd(
     dev = resolve_device(device)
     loaded = load_model(model, dataset=dataset, arch=arch, device=dev, allow_pickle=allow_pickle)
     loaded.extra.setdefault("path", str(model))
-    threat = (loaded.run or {}).get("threat") or {}
-    eps_value = parse_eps(eps) if eps is not None else float(threat.get("eps", loaded.info.default_eps))
+    eps_value, norm = run_threat(loaded, parse_eps(eps) if eps is not None else None, norm)
     splits = load_dataset(loaded.info.name, data_dir)
-    result = run_audit(loaded, splits, eps=eps_value, norm=norm or threat.get("norm", "linf"), n=n, checks=names, seed=seed,
+    result = run_audit(loaded, splits, eps=eps_value, norm=norm, n=n, checks=names, seed=seed,
                        eot=eot, square_queries=square_queries, device=dev, progress=not quiet)
     path = result.save(out or default_out(model))
     for c in result.checks:
