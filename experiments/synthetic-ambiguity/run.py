@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from maskcheck.config import seed_everything  # noqa: E402
 from maskcheck.data import load_dataset  # noqa: E402
 from maskcheck.fileio import atomic_write, atomic_write_json  # noqa: E402
+from maskcheck.methods.base import kl_from_probs, soft_cross_entropy  # noqa: E402
 from maskcheck.models import build_model  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def fit(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, epochs: i
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=gen).split(128):
-            loss = -(target[idx] * F.log_softmax(model(x[idx]), dim=1)).sum(1).mean()
+            loss = soft_cross_entropy(target[idx], model(x[idx])).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -49,8 +50,7 @@ def fit(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, epochs: i
 @torch.no_grad()
 def discrepancy(model: torch.nn.Module, x: torch.Tensor, oracle: torch.Tensor) -> float:
     """LTD Definition 1: E_x KL(oracle(x) || p_model(x))."""
-    log_p = F.log_softmax(model(x), dim=1)
-    return float((oracle * (oracle.log() - log_p)).sum(1).mean())
+    return float(kl_from_probs(oracle, model(x)).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
