@@ -76,7 +76,7 @@ def test_safetensors_file_loads_with_dataset_and_model(tmp_path: Path, model: to
     assert loaded.format == "safetensors" and torch.equal(loaded.model(x), model(x))
     with pytest.raises(InputError, match="--dataset"):
         load_model(path)
-    with pytest.raises(InputError, match="--model"):
+    with pytest.raises(InputError, match="--arch"):
         load_model(path, dataset="digits")
 
 
@@ -113,10 +113,10 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path: Path, model: torch.n
     assert not marker.exists()
     msg = str(err.value)
     assert "open" in msg  # names what the payload would call
-    assert "\n" not in msg and "torch.export" in msg and "--unsafe-pickle" in msg
+    assert "\n" not in msg and "torch.export" in msg and "--trust-code" in msg
     # control: the payload is live; opting in runs it (and warns)
-    with pytest.warns(UserWarning, match="unsafe-pickle"):
-        load_model(path, dataset="digits", arch="small-cnn", allow_pickle=True)
+    with pytest.warns(UserWarning, match="--trust-code"):
+        load_model(path, dataset="digits", arch="small-cnn", trust_code=True)
     assert marker.exists()
 
 
@@ -130,15 +130,18 @@ def test_full_pickled_module_needs_the_opt_in(tmp_path: Path, model: torch.nn.Mo
     assert loaded.format == "pickle" and torch.equal(loaded.model(x), model(x))
 
 
-def test_torchscript_archive_loads_and_predicts(tmp_path: Path, model: torch.nn.Module, x: torch.Tensor) -> None:
+def test_torchscript_archive_is_refused_and_loads_with_trust_code(tmp_path: Path, model: torch.nn.Module,
+                                                                   x: torch.Tensor) -> None:
     path = tmp_path / "scripted.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch marks TorchScript deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(model), str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # loading must not spam the user
-        loaded = load_model(path, dataset="digits")
+    with pytest.raises(UnsafeModelFileError, match="TorchScript.*--trust-code"):
+        load_model(path, dataset="digits")
+    with pytest.warns(UserWarning, match="--trust-code: any code inside it runs") as record:
+        loaded = load_model(path, dataset="digits", trust_code=True)
+    assert len(record) == 1  # one warning, no deprecation spam
     assert loaded.format == "torchscript"
     assert torch.allclose(loaded.model(x), model(x), atol=1e-6)
     assert loaded.model(x[:1]).shape == (1, 10)
@@ -240,7 +243,7 @@ def _scripted(model: torch.nn.Module, path: Path) -> Path:
 def test_foreign_model_that_does_not_fit_the_dataset(tmp_path: Path, model: torch.nn.Module, case: str) -> None:
     if case == "classes":  # a CIFAR-100-style head audited as digits
         path = _scripted(build_model("small-cnn", get_info("cifar100")).eval(), tmp_path / "m.pt")
-        dataset, expected = "cifar10", r"shape \(3, 100\); cifar10 needs \(3, 10\)"
+        dataset, expected = "cifar10", r"shape \(3, 100\) for a batch of 3; cifar10 needs \(3, 10\)"
     elif case == "input-shape":  # a 1-channel model audited on 3-channel CIFAR
         path = _scripted(model, tmp_path / "m.pt")
         dataset, expected = "cifar10", r"failed on cifar10 inputs of shape \(3, 3, 32, 32\)"
@@ -249,8 +252,9 @@ def test_foreign_model_that_does_not_fit_the_dataset(tmp_path: Path, model: torc
         broken.net.classifier[3].bias.data[0] = float("nan")
         path = save_weights(tmp_path / "m.safetensors", broken)
         dataset, expected = "digits", "NaN or Inf"
-    with pytest.raises(InputError, match=expected) as err:
-        load_model(path, dataset=dataset, arch="small-cnn")
+    with pytest.raises(InputError, match=expected) as err, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the --trust-code warning of the TorchScript cases
+        load_model(path, dataset=dataset, arch="small-cnn", trust_code=True)
     assert "\n" not in str(err.value)
 
 
