@@ -13,7 +13,9 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .errors import EXIT_FLAGGED, MaskcheckError
+from .errors import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, MaskcheckError
+from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, DEFAULT_TIMEOUT_PER_BATCH, GIB
+from .validate import check_out_path
 
 app = typer.Typer(
     name="maskcheck",
@@ -38,7 +40,7 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    """Exit codes: 0 ok; 1 masking flagged (with --fail-on-flag) or a regression diff; 2 usage or input error."""
+    """Exit codes: 0 ok; 1 masking flagged (with --fail-on-flag) or a regression diff; 2 usage or input error; 3 internal error (a bug); 130 interrupted."""
 
 
 def info(msg: str) -> None:
@@ -127,7 +129,7 @@ def train_sweep_cmd(
 ) -> None:
     """Train natural, dd, trades and ltd over a temperature sweep, audit them and render the report; rerun to resume."""
     from .config import parse_name_list, parse_temps
-    from .sweep import SWEEP_METHODS, run_sweep
+    from .sweep import SWEEP_METHODS, hold_sweep_lock, run_sweep
     from .training import PRESETS
 
     temp_list = parse_temps(temps)
@@ -141,6 +143,7 @@ def train_sweep_cmd(
             raise MaskcheckError(f"unknown --preset {preset!r}; valid: {', '.join(PRESETS)}.")
         settings = {**PRESETS[preset], **{k: v for k, v in settings.items() if v is not None}}
     sweep_dir = out or Path("runs") / f"sweep-{dataset}"
+    hold_sweep_lock(sweep_dir)  # for training, audits and report; released when this process exits
     run_sweep(sweep_dir, temps=temp_list, methods=method_list, dataset=dataset, seed=seed, device=device, jobs=jobs,
               settings=settings, data_dir=data_dir, progress=progress, log=info)
     typer.echo(f"{sweep_dir / 'sweep.json'}")
@@ -202,7 +205,13 @@ def audit_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for every attack's randomness."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", "--unsafe-pickle", help="Load full pickled modules (runs their code!)."),
+    trust_code: bool = typer.Option(False, "--trust-code", "--allow-pickle", "--unsafe-pickle",
+                                    help="Load formats that can carry code (TorchScript, pickles, .pt2 with pickled entries): runs that code!"),
+    max_file_gib: float = typer.Option(DEFAULT_MAX_FILE_BYTES / GIB, "--max-file-gib", help="Refuse model files larger than this."),
+    max_unpacked_gib: float = typer.Option(DEFAULT_MAX_UNPACKED_BYTES / GIB, "--max-unpacked-gib",
+                                           help="Refuse archives that unpack to more than this (zip bombs)."),
+    timeout_per_batch: float = typer.Option(DEFAULT_TIMEOUT_PER_BATCH, "--timeout-per-batch",
+                                            help="Stop (exit 2) when one forward pass takes longer than this many seconds."),
     square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries (AutoAttack default 5000)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -211,18 +220,29 @@ def audit_cmd(
     from .checkpoint import load_model
     from .config import parse_eps, resolve_device
     from .data import load_dataset
+    from .errors import LimitError
 
     if n <= 0:
         raise MaskcheckError(f"--n must be a positive number of points; got {n}.")
+    for flag, value in (("--max-file-gib", max_file_gib), ("--max-unpacked-gib", max_unpacked_gib),
+                        ("--timeout-per-batch", timeout_per_batch)):
+        if not value > 0 or value == float("inf"):
+            raise MaskcheckError(f"{flag} must be a positive finite number; got {value}.")
     names = resolve_checks(checks)
+    out_path = out or default_out(model)
+    check_out_path(out_path, "--out")  # before the audit, which may take hours
     dev = resolve_device(device)
-    loaded = load_model(model, dataset=dataset, arch=arch, device=dev, allow_pickle=allow_pickle)
+    loaded = load_model(model, dataset=dataset, arch=arch, device=dev, trust_code=trust_code,
+                        max_file_bytes=int(max_file_gib * GIB), max_unpacked_bytes=int(max_unpacked_gib * GIB),
+                        timeout_per_batch=timeout_per_batch)
     loaded.extra.setdefault("path", str(model))
     eps_value, norm = run_threat(loaded, parse_eps(eps) if eps is not None else None, norm)
     splits = load_dataset(loaded.info.name, data_dir)
     result = run_audit(loaded, splits, eps=eps_value, norm=norm, n=n, checks=names, seed=seed,
                        eot=eot, square_queries=square_queries, device=dev, progress=not quiet)
-    path = result.save(out or default_out(model))
+    if getattr(loaded.model, "timed_out", None):  # a check may have caught the error and gone on: the audit is void
+        raise LimitError(loaded.model.timed_out)
+    path = result.save(out_path)
     for c in result.checks:
         info(f"  {c.severity.value:7s} {c.check:22s} {c.summary}")
     acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.robust_acc.items())
@@ -247,6 +267,8 @@ def report_cmd(
     if out is None:
         first_dir = next((p for p in inputs if p.is_dir()), None)
         out = first_dir / "report.html" if first_dir is not None else Path("report.html")
+    for path in (out, out.with_suffix(".csv"), out.with_suffix(".md")):
+        check_out_path(path, "--out")
     typer.echo(render_report(inputs, out))
 
 
@@ -263,6 +285,8 @@ def regress_cmd(
     """Compare every check's flag with a stored baseline; exit 1 on any change (a new flag or a lost one)."""
     from . import regress
 
+    if write_baseline:
+        check_out_path(baseline, "--baseline")
     audits = regress.collect_audits(inputs)
     if write_baseline:
         path = regress.write_baseline(baseline, audits)
@@ -280,10 +304,40 @@ def regress_cmd(
 INTERRUPTED = "maskcheck: interrupted; finished runs are kept, rerun the same command to resume."
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: user errors become one line and an exit code, never a traceback.
+def crash_log_dir() -> Path:
+    """Where tracebacks of internal errors go: $MASKCHECK_LOG_DIR, else the system temp folder."""
+    import os
+    import tempfile
 
-    Click's own usage errors (unknown command or option) already print one line and exit 2.
+    return Path(os.environ.get("MASKCHECK_LOG_DIR") or Path(tempfile.gettempdir()) / "maskcheck-logs")
+
+
+def _report_crash(exc: BaseException) -> str:
+    """Write the traceback to a log file; return the one line to print (it names the file)."""
+    import os
+    import time
+    import traceback
+
+    summary = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200]
+    text = f"maskcheck {__version__}, argv {sys.argv!r}\n" + "".join(traceback.format_exception(exc))
+    try:
+        folder = crash_log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        log = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        log.write_text(text, encoding="utf-8")
+        where = f"traceback in {log}"
+    except OSError as err:
+        where = f"the traceback could not be saved ({err.strerror})"
+    return (f"maskcheck: internal error (a bug in maskcheck, not a finding about the model): {summary}; "
+            f"{where}. Please report it with that file.")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: every outcome is one documented exit code, never a bare traceback.
+
+    0/1 come from the commands; a `MaskcheckError` (user input) prints one line, exit 2; Click's
+    own usage errors (unknown command or option) already print one line and exit 2; any other
+    exception is a bug: one line naming a log file with the traceback, exit 3; Ctrl-C exits 130.
     """
     try:
         app(args=argv, standalone_mode=True)
@@ -291,12 +345,15 @@ def main(argv: Optional[list[str]] = None) -> None:
         typer.echo(f"maskcheck: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except SystemExit as exc:
-        if exc.code == 130:  # Typer turns Ctrl-C inside a command into a silent exit 130
+        if exc.code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C inside a command into a silent exit 130
             typer.echo(INTERRUPTED, err=True)
         raise
     except KeyboardInterrupt:  # Ctrl-C before a command started
         typer.echo(INTERRUPTED, err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug; it must never look like exit 1 (a finding)
+        typer.echo(_report_crash(exc), err=True)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

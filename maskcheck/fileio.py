@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -19,9 +20,9 @@ def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot create output folder {folder}: {exc.strerror}. Choose a writable --out.") from None
+        raise InputError(f"cannot create output folder {folder}: {exc.strerror}. Choose a writable location.") from None
     if not os.access(folder, os.W_OK):
-        raise InputError(f"output folder {folder} is not writable. Choose a writable --out.")
+        raise InputError(f"output folder {folder} is not writable. Choose a writable location.")
 
 
 def _current_umask() -> int:
@@ -44,7 +45,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise InputError(f"cannot write in {path.parent}: {exc.strerror}. Choose a writable --out.") from None
+        raise InputError(f"cannot write in {path.parent}: {exc.strerror}. Choose a writable location.") from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
@@ -73,12 +74,56 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, text)
 
 
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    path = Path(path)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} overflows to infinity")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+MAX_JSON_BYTES = 256 * 1024**2  # ours: a full audit JSON with plots is under 1 MB
+
+
+def _read_regular(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of a regular file (a FIFO or device is refused without blocking), at most `limit`."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise InputError(f"{what} not found: {path}.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a folder, not a JSON file.") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}.") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{what} {path} is a folder, not a JSON file.")
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{what} {path} is not a regular file (a FIFO or device?); pass the file itself.")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{what} {path} is over {limit // 1024**2} MiB; that is no maskcheck JSON file.")
+    return data
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parse a JSON file strictly: NaN, Infinity and numbers that overflow to inf are refused.
+
+    (Python's json module accepts all three by default; maskcheck never writes them.)
+    """
+    path = Path(path)
+    data = _read_regular(path, what, MAX_JSON_BYTES)
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path} is not valid UTF-8 JSON ({exc.reason}). Was it truncated? Regenerate it.") from None
+    except json.JSONDecodeError as exc:
         raise InputError(f"{what} {path} is not valid JSON ({exc}). Was it truncated? Regenerate it.") from None
+    except ValueError as exc:  # from the two hooks above
+        raise InputError(f"{what} {path} holds a non-finite number ({exc}); regenerate it.") from None
+    except RecursionError:
+        raise InputError(f"{what} {path} nests too deeply to be a maskcheck JSON file.") from None

@@ -31,13 +31,7 @@ import torch
 import torch.nn as nn
 
 from .errors import InputError, LimitError, UnsafeModelFileError
-
-GIB = 1024**3
-# Defaults of the CLI's --max-file-gib / --max-unpacked-gib / --timeout-per-batch (ours): far above
-# any model maskcheck audits (a WRN-34-10 is 0.2 GiB), far below what takes a machine down.
-DEFAULT_MAX_FILE_BYTES = 2 * GIB
-DEFAULT_MAX_UNPACKED_BYTES = 8 * GIB
-DEFAULT_TIMEOUT_PER_BATCH = 300.0
+from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, DEFAULT_TIMEOUT_PER_BATCH, GIB  # noqa: F401
 
 TRUST_FLAG = "--trust-code"
 PICKLE_MAGIC = b"\x80"  # pickle protocol 2+ starts with PROTO (0x80)

@@ -21,6 +21,7 @@ from .config import provenance
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
 from .results import AuditResult
+from .validate import validate_audit, validate_baseline
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINE_KIND = "maskcheck-baseline"
@@ -40,7 +41,9 @@ def collect_audits(inputs: Iterable[str | Path]) -> dict[str, AuditResult]:
         else:
             raise InputError(f"not found: {item}. Pass audit JSON files or sweep folders.")
         for f in files:
-            audit = AuditResult.load(f)
+            data = read_json(f, "audit JSON")
+            validate_audit(data, str(f))
+            audit = AuditResult.from_dict(data)
             name = str(audit.model.get("name") or f.parent.name)
             if name in audits:
                 raise InputError(f"two audits name the model {name!r} ({f}); give each model a unique name.")
@@ -67,11 +70,10 @@ def write_baseline(path: str | Path, audits: Mapping[str, AuditResult]) -> Path:
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
     data = read_json(path, "baseline")
-    if not isinstance(data, dict) or data.get("kind") != BASELINE_KIND or not isinstance(data.get("models"), dict):
-        raise InputError(f"{path} is not a maskcheck baseline (expected kind {BASELINE_KIND!r}). "
-                         "Write one with maskcheck regress ... --write-baseline.")
-    if data.get("schema_version") != BASELINE_SCHEMA_VERSION:
-        raise InputError(f"{path} has baseline schema_version {data.get('schema_version')}; expected {BASELINE_SCHEMA_VERSION}.")
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a maskcheck baseline (expected a JSON object). "
+                         "Write one with maskcheck regress ... --baseline FILE --write-baseline.")
+    validate_baseline(data, str(path), BASELINE_KIND, BASELINE_SCHEMA_VERSION)
     return data
 
 
@@ -116,7 +118,7 @@ def compare(baseline: Mapping[str, Any], audits: Mapping[str, AuditResult]) -> l
         for check in sorted(set(before_checks) | set(after)):
             b = before_checks.get(check)
             a = after.get(check)
-            b_flag = None if b is None else bool(b["flagged"])
+            b_flag = None if b is None else b["flagged"]  # a JSON boolean (validate_baseline)
             a_flag = None if a is None else a.flagged
             if b_flag != a_flag:
                 changes.append(Change(

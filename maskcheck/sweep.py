@@ -160,6 +160,49 @@ def _devices(device: str) -> list[str]:
     return [str(dev)]
 
 
+LOCK_FILE = ".maskcheck-sweep.lock"
+_HELD_LOCKS: dict[str, int] = {}  # resolved folder -> fd holding its flock, in this process
+
+
+def hold_sweep_lock(folder: str | Path) -> None:
+    """Lock a sweep folder for this process: a second train-sweep on it stops with one line, exit 2.
+
+    An flock on SWEEP/.maskcheck-sweep.lock, which the kernel releases when the holder dies, so
+    the lock of a killed run (a dead pid) is simply taken over. The file holds the holder's pid
+    for the message. Held until `release_sweep_lock` or the process exits; taking it again in the
+    same process is a no-op. Without fcntl (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _HELD_LOCKS:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot use the sweep folder {folder} ({exc.strerror}); choose a writable --out.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise InputError(f"the sweep folder {folder} is in use by another maskcheck train-sweep (pid {holder}); "
+                         "wait for it to finish, or choose another --out.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD_LOCKS[key] = fd
+
+
+def release_sweep_lock(folder: str | Path) -> None:
+    fd = _HELD_LOCKS.pop(str(Path(folder).resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
 def run_sweep(
     out: str | Path,
     *,
@@ -184,6 +227,7 @@ def run_sweep(
     methods = list(dict.fromkeys(methods))
     if jobs < 1:
         raise InputError(f"--jobs must be a positive number of worker processes; got {jobs}.")
+    hold_sweep_lock(out)  # before anything touches the folder (stale temp files are removed below)
     plan = plan_jobs(temps, methods)
     manifest = _manifest(plan, dataset, list(temps), methods, seed, settings, device)
     path = out / SWEEP_FILE

@@ -18,6 +18,7 @@ import pandas as pd
 from ..errors import InputError
 from ..fileio import read_json
 from ..results import AuditResult, Severity
+from ..validate import validate_audit, validate_run, validate_sweep
 
 # Same numbers as sweep.SWEEP_SCHEMA_VERSION and checkpoint.RUN_SCHEMA_VERSION, not imported
 # from there because those modules load torch and the report must not need it.
@@ -102,11 +103,7 @@ def load_inputs(inputs: Iterable[str | Path]) -> ReportInputs:
 
 
 def _check_sweep(data: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
-    version = data.get("schema_version")
-    if version != SWEEP_SCHEMA_VERSION:
-        raise InputError(f"{path} has schema_version {version}; this maskcheck reads {SWEEP_SCHEMA_VERSION}. Rerun train-sweep.")
-    if not isinstance(data.get("jobs"), list):
-        raise InputError(f"{path} has no job list ('jobs'). Is it a sweep.json written by maskcheck train-sweep?")
+    validate_sweep(data, str(path), SWEEP_SCHEMA_VERSION)
     return data
 
 
@@ -137,6 +134,7 @@ def _load_audit(path: Path, data: Any) -> AuditResult:
     """AuditResult.from_dict, with the file named in its error (a sweep holds many audit.json)."""
     if not isinstance(data, dict):
         raise InputError(f"{path} is not a maskcheck audit JSON (expected an object). Produce it with maskcheck audit.")
+    validate_audit(data, str(path))
     try:
         return AuditResult.from_dict(data)
     except InputError as exc:
@@ -158,8 +156,7 @@ def _read_run(path: Path) -> Mapping[str, Any] | None:
     if not path.is_file():
         return None
     run = read_json(path, "run.json")
-    if not isinstance(run, dict) or run.get("schema_version") != RUN_SCHEMA_VERSION or "method" not in run:
-        raise InputError(f"{path} is not a maskcheck run.json (schema_version {RUN_SCHEMA_VERSION} with a method). Retrain that run.")
+    validate_run(run, str(path), RUN_SCHEMA_VERSION)
     return run
 
 

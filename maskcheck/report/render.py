@@ -8,7 +8,9 @@ that anyone can write, and must never become markup.
 
 from __future__ import annotations
 
+import html
 import math
+import numbers
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +22,7 @@ from .. import __version__
 from ..errors import InputError
 from ..fileio import atomic_write_text
 from ..results import CheckResult
+from ..validate import csv_cell
 from . import plots
 from .checkdocs import doc_for
 from .headline import headline
@@ -43,8 +46,12 @@ def render_report(inputs: list[Path], out: Path) -> Path:
 
 
 def write_tables(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
-    """The matrix for papers and READMEs: CSV with fractions, Markdown with percentages."""
-    csv = atomic_write_text(out.with_suffix(".csv"), table.to_csv(index=False))
+    """The matrix for papers and READMEs: CSV with fractions, Markdown with percentages.
+
+    Model names come from files anyone can write: CSV cells that a spreadsheet would run as a
+    formula get a leading quote, and the Markdown escapes HTML (Markdown renderers pass it through).
+    """
+    csv = atomic_write_text(out.with_suffix(".csv"), table.map(csv_cell).to_csv(index=False))
     md = atomic_write_text(out.with_suffix(".md"), markdown_table(table) + "\n")
     return csv, md
 
@@ -55,15 +62,17 @@ def markdown_table(table: pd.DataFrame) -> str:
         shown[col] = shown[col].map(pct)
     shown["temperature"] = shown["temperature"].map(lambda t: "-" if t is None or math.isnan(t) else f"{t:g}")
     shown["audit_missing"] = shown["audit_missing"].map(lambda m: "yes" if m else "")
-    for col in ("method", "name", "flagged_checks"):  # a "|" in a name would split the Markdown cell
-        shown[col] = shown[col].str.replace("|", r"\|", regex=False)
+    for col in ("method", "name", "verdict", "flagged_checks"):  # HTML is escaped; a "|" would split the cell
+        shown[col] = shown[col].map(lambda v: html.escape(str(v)).replace("|", r"\|"))
     return shown.to_markdown(index=False)
 
 
 def pct(x: Any) -> str:
-    """A fraction as a percentage; a dash when unknown."""
+    """A fraction as a percentage; a dash when unknown, "n/a" when not a finite number (never "inf%")."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+        return "n/a"
     return f"{100 * float(x):.1f}%"
 
 
