@@ -248,10 +248,13 @@ def _amp_factory(device: torch.device, enabled: bool) -> tuple[Callable[[], Any]
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     # Weight decay on all parameters, as the PyTorch reference repos do (methods.md pitfall 12).
+    # Fused kernels on CUDA: one launch per step instead of several per parameter, and Adam's step
+    # counter stays on the GPU (the default reads it back to the host every step).
+    fused = True if next(model.parameters()).device.type == "cuda" else None
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | None = None, ddp: Dist = Dist(), *,
