@@ -14,6 +14,7 @@ The last line holds the worst goal ratio (time / goal; <= 1 is met).
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from maskcheck.sweep import audit_sweep, run_sweep  # noqa: E402
 
 
 def train(out: Path, args, jobs: int) -> float:  # noqa: ANN001
-    settings = {"epochs": args.epochs} if args.epochs else {}
+    settings = {k: v for k, v in (("epochs", args.epochs), ("max_train", args.max_train)) if v}
     start = time.perf_counter()
     run_sweep(out, temps=parse_temps(args.temps), dataset=args.dataset, device=args.device, jobs=jobs, settings=settings,
               data_dir=args.data_dir, log=lambda m: print(f"  [{time.perf_counter() - start:6.1f} s] {m}", flush=True),
@@ -48,16 +49,26 @@ def main() -> None:
     ap.add_argument("--goal-train", type=float, default=45.0)
     ap.add_argument("--goal-audit", type=float, default=60.0)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--max-train", type=int, default=None, help="train on the first N images (plumbing runs)")
+    ap.add_argument("--json", default=None, help="also write the figures here, updated after each stage")
     ap.add_argument("--out", default=None, help="keep the sweep here (default: a temporary folder)")
     args = ap.parse_args()
     device = setup(args)
     rows, ratios = [], []
+    figures: dict = {"device": str(device), "dataset": args.dataset, "temps": args.temps, "jobs": args.jobs}
+
+    def save(**kw: object) -> None:
+        figures.update(kw)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp) / "sweep"
         print(f"training the sweep with --jobs {args.jobs} on {device} ...", flush=True)
         t_train = train(out, args, args.jobs)
         rows.append((f"train, --jobs {args.jobs}", t_train, args.goal_train, t_train / args.goal_train))
         ratios.append(("training", t_train / args.goal_train))
+        save(train_s=t_train, goal_train_s=args.goal_train)
         if not args.no_audit:
             start = time.perf_counter()
             done = audit_sweep(out, n=args.audit_n, device=args.device, data_dir=args.data_dir, jobs=args.jobs, progress=False,
@@ -66,11 +77,13 @@ def main() -> None:
             rows.append((f"{len(done)} audits of {args.audit_n} points, --jobs {args.jobs}", t_audit, args.goal_audit,
                          t_audit / args.goal_audit))
             ratios.append(("audits", t_audit / args.goal_audit))
+            save(audit_s=t_audit, audits=len(done), audit_n=args.audit_n, goal_audit_s=args.goal_audit)
         if args.compare_jobs:
             print(f"training the same sweep with --jobs {args.compare_jobs} ...", flush=True)
             t_other = train(Path(args.out or tmp) / f"sweep-jobs{args.compare_jobs}", args, args.compare_jobs)
             rows.append((f"train, --jobs {args.compare_jobs}", t_other, t_other, 1.0))
             ratios.append((f"--jobs {args.jobs} / --jobs {args.compare_jobs}", t_train / t_other))
+            save(compare_jobs=args.compare_jobs, compare_train_s=t_other)
     print(f"device {device}, dataset {args.dataset}, temps {args.temps}")
     print_table(("stage", "seconds", "goal s", "ratio"), rows)
     for name, r in ratios[2 if not args.no_audit else 1:]:

@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating raw / method windows")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--compile", action="store_true", help="also measure with torch.compile and print its gain")
+    ap.add_argument("--json", default=None, help="also write the figures here, updated after each method")
     args = ap.parse_args()
     device = setup(args)
     info = get_info(args.dataset)
@@ -77,10 +78,12 @@ def main() -> None:
                 p.requires_grad_(False)
         row, raw_eager = measure(build_state(cfg, device, teacher), name, x, y, args)
         rows.append(row)
+        _save(args.json, device, cfg.arch, rows, gains)
         if args.compile:
             row_c, raw_compiled = measure(build_state(cfg, device, teacher, compile=True), name + " (compiled)", x, y, args)
             rows.append(row_c)
             gains.append((name, raw_compiled / raw_eager))
+            _save(args.json, device, cfg.arch, rows, gains)
     print(f"device {device}, dataset {args.dataset}, arch {cfg.arch}, batch {len(y)}, "
           f"AMP {'on' if device.type == 'cuda' else 'off'}")
     print_table(("method", "passes", "images/s", "bound", "ratio"), rows)
@@ -91,6 +94,16 @@ def main() -> None:
     if gains:
         low = min(gains, key=lambda g: g[1])
         print(f"torch.compile gain of the bound, {low[0]}: {low[1]:.2f} (goal > 1: {verdict(low[1], 1.0, at_most=False)})")
+
+
+def _save(path: str | None, device: torch.device, arch: str, rows: list, gains: list) -> None:
+    if path:
+        import json
+
+        Path(path).write_text(json.dumps({
+            "device": str(device), "arch": arch,
+            "methods": {r[0]: {"passes": r[1], "images_per_s": float(r[2]), "bound": float(r[3]), "ratio": r[4]} for r in rows},
+            "compile_gain": dict(gains)}, indent=2))
 
 
 def measure(state, label: str, x: torch.Tensor, y: torch.Tensor, args) -> tuple[tuple, float]:  # noqa: ANN001
