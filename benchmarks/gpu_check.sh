@@ -25,7 +25,7 @@ START=$(date +%s)
 printf 'stage\trc\tseconds\n' > "$OUT/stages.tsv"
 
 stage() {  # stage NAME LIMIT_S CMD...: run CMD with min(LIMIT, budget left), log to OUT/NAME.log
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(( $2 * SCALE )); shift 2
   local left=$(( BUDGET - ($(date +%s) - START) ))
   (( limit > left )) && limit=$left
   if (( limit < 5 )); then
@@ -48,36 +48,41 @@ for d in "$REPO/shared/data" "$REPO/../shared/data"; do
 done
 echo "MNIST data: ${MNIST:-NOT FOUND in shared/data or ../shared/data}" | tee "$OUT/progress.log"
 
-if [ "$MODE" = "--cpu-dry-run" ]; then
-  DEV=cpu; TH=2; BUDGET=${GPU_CHECK_BUDGET_S:-1500}
+if [ "$MODE" = "--cpu-dry-run" ]; then  # toy sizes, limits x6: proves the plumbing on a slow shared CPU
+  DEV=cpu; TH=2; SCALE=6; BUDGET=${GPU_CHECK_BUDGET_S:-3000}
   FAKE=(--n-train 400 --n-test 100)
-  SWEEP=(--temps 1,20 --epochs 1 --max-train 256 --audit-n 10 --jobs 2)
-  COMPARE=(--dataset digits --temps 1,20 --epochs 1 --max-train 128 --jobs 2 --compare-jobs 1 --no-audit)
-  TP=(--arch small-cnn --seconds 0.4 --rounds 2)
+  TRAIN=(--dataset digits --max-train 256)
+  SWEEP=(--temps 1,20 --epochs 1 --max-train 128 --eval-n 10 --audit-n 5 --jobs 2)
+  COMPARE=(--dataset digits --temps 1,20 --epochs 1 --max-train 128 --eval-n 10 --jobs 2 --compare-jobs 1 --no-audit)
+  TP=(--arch small-cnn --seconds 0.2 --rounds 1)
+  TP_METHODS=(--methods natural,trades)
   SMOKE=(--tiny --smoke-steps 1 --audit-n 5 --square-queries 10 --jobs 2)
 else
-  DEV=cuda; TH=4
+  DEV=cuda; TH=4; SCALE=1
   FAKE=(--n-train 26000 --n-test 1000)
+  TRAIN=(--dataset mnist --data-dir "$MNIST" --max-train 2048)
   SWEEP=(--temps 1,2,5,10,15,20 --audit-n 500 --jobs 6)
-  COMPARE=(--temps 1,20 --epochs 1 --jobs 6 --compare-jobs 1 --no-audit)
+  COMPARE=(--dataset mnist --data-dir "$MNIST" --temps 1,20 --epochs 1 --jobs 6 --compare-jobs 1 --no-audit)
   TP=(--arch wrn-34-10 --seconds 1.5 --rounds 3)
+  TP_METHODS=(--methods natural,trades,ltd,dd)
   SMOKE=(--smoke-steps 100 --audit-n 100 --square-queries 500 --jobs 4)
 fi
+DEPS='import importlib, sys, torch
+print(sys.version); print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+for m in ("pyautoattack", "foolbox", "eagerpy", "torchvision", "numpy", "scipy", "sklearn", "typer", "safetensors", "jinja2", "tqdm", "matplotlib"):
+    try: print(m, getattr(importlib.import_module(m), "__version__", "ok"))
+    except Exception as e: print(m, "MISSING", type(e).__name__, e)'
 
-stage env 20 bash -c "nvidia-smi || true; $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"no GPU\")'; nproc; free -g"
+stage env 20 bash -c "nvidia-smi; nproc; free -g; $PY -c '$DEPS'"
 stage fake_cifar 40 $PY benchmarks/make_fake_cifar10.py "$OUT/data" "${FAKE[@]}"
 # issue 13 item 1: `train --device cuda` (no index) must work; the CLI as a user runs it
-stage train_cli 40 $PY -m maskcheck train --method natural --dataset mnist --data-dir "$MNIST" --device $DEV --epochs 1 \
-  --max-train 2048 --out "$OUT/train-cli" --no-progress
+stage train_cli 40 $PY -m maskcheck train --method natural "${TRAIN[@]}" --device $DEV --epochs 1 --out "$OUT/train-cli" --no-progress
 stage mnist_sweep 150 $PY benchmarks/sweep_speed.py --dataset mnist --data-dir "$MNIST" --device $DEV --threads $TH "${SWEEP[@]}" --json "$OUT/mnist_sweep.json"
-stage throughput 50 $PY benchmarks/train_throughput.py --dataset cifar10 --data-dir "$OUT/data" --device $DEV --threads $TH "${TP[@]}" --json "$OUT/throughput.json"
+stage throughput 50 $PY benchmarks/train_throughput.py --dataset cifar10 --data-dir "$OUT/data" --device $DEV --threads $TH "${TP[@]}" "${TP_METHODS[@]}" --json "$OUT/throughput.json"
 stage smoke 170 $PY experiments/cifar10-paper/run.py --smoke --device $DEV --data-dir "$OUT/data" --out "$OUT/smoke" "${SMOKE[@]}"
 stage compile 75 $PY benchmarks/train_throughput.py --dataset cifar10 --data-dir "$OUT/data" --device $DEV --threads $TH "${TP[@]}" --methods natural --compile --json "$OUT/compile.json"
-if [ "$MODE" = "--cpu-dry-run" ]; then
-  stage jobs_compare 70 $PY benchmarks/sweep_speed.py --device $DEV --threads $TH "${COMPARE[@]}" --json "$OUT/jobs_compare.json"
-else
-  stage jobs_compare 70 $PY benchmarks/sweep_speed.py --dataset mnist --data-dir "$MNIST" --device $DEV --threads $TH "${COMPARE[@]}" --json "$OUT/jobs_compare.json"
-fi
+stage jobs_compare 70 $PY benchmarks/sweep_speed.py --device $DEV --threads $TH "${COMPARE[@]}" --json "$OUT/jobs_compare.json"
 rm -rf "$OUT/data" "$OUT/train-cli/model.safetensors" "$OUT/smoke/runs"/*/model.safetensors 2>/dev/null  # regenerable and large; JSON, logs and report stay
 echo "== total $(( $(date +%s) - START )) s" | tee -a "$OUT/progress.log"
 $PY benchmarks/gpu_summary.py "$OUT" | tee "$OUT/summary.txt"

@@ -28,7 +28,8 @@ from maskcheck.sweep import audit_sweep, run_sweep  # noqa: E402
 
 
 def train(out: Path, args, jobs: int) -> float:  # noqa: ANN001
-    settings = {k: v for k, v in (("epochs", args.epochs), ("max_train", args.max_train)) if v}
+    settings = {k: v for k, v in (("epochs", args.epochs), ("max_train", args.max_train), ("eval_n", args.eval_n),
+                                   ("final_eval_n", args.eval_n)) if v}
     start = time.perf_counter()
     run_sweep(out, temps=parse_temps(args.temps), dataset=args.dataset, device=args.device, jobs=jobs, settings=settings,
               data_dir=args.data_dir, log=lambda m: print(f"  [{time.perf_counter() - start:6.1f} s] {m}", flush=True),
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--goal-audit", type=float, default=60.0)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--max-train", type=int, default=None, help="train on the first N images (plumbing runs)")
+    ap.add_argument("--eval-n", type=int, default=None, help="held-out points attacked per epoch and at the end (plumbing runs)")
     ap.add_argument("--json", default=None, help="also write the figures here, updated after each stage")
     ap.add_argument("--out", default=None, help="keep the sweep here (default: a temporary folder)")
     args = ap.parse_args()

@@ -425,7 +425,7 @@ class DeviceData:
         if isinstance(train, Subset):
             indices, train = torch.as_tensor(list(train.indices), dtype=torch.long), train.dataset
         if isinstance(train, ImageTensorDataset):
-            images, labels, augment = train.images, train.labels, train.transform is not None
+            images, labels, augment = train.images, train.labels, train.augment
         elif isinstance(train, TensorDataset) and len(train.tensors) == 2:
             (images, labels), augment = train.tensors, False
         else:
