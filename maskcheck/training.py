@@ -267,6 +267,8 @@ def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | Non
     run.json but not in `cfg`.
     """
     seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels once
     info = get_info(cfg.dataset)
     model = build_model(cfg.arch, info, temperature=cfg.model_temperature).to(device)
     amp = device.type == "cuda" if amp is None else amp
