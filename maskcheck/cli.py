@@ -107,7 +107,7 @@ def train_sweep_cmd(
     methods: str = typer.Option("dd,trades,ltd", "--methods", help="Subset of dd,trades,ltd,rslad,pgd-at."),
     dataset: str = typer.Option("digits", "--dataset"),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<dataset>)."),
-    jobs: int = typer.Option(1, "--jobs", help="Parallel worker processes for training and audits (one GPU each on CUDA)."),
+    jobs: int = typer.Option(1, "--jobs", help="Parallel worker processes for training and audits (capped by tasks, cores and 4 per GPU; the plan is logged)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     seed: int = typer.Option(0, "--seed"),
     arch: Optional[str] = typer.Option(None, "--arch"),
