@@ -527,11 +527,12 @@ def train_run(
             steps = len(batches)
         bar = _progress(batches, steps, f"{cfg.name} {state.epoch + 1}/{cfg.epochs}", progress and ddp.is_main)
         # summed on the device and read once per epoch: a .item() per step stalls the GPU queue
-        loss_sum, correct_t, seen = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long), 0
+        # float64, as the host sum of Python floats was: the recorded history keeps its values to the last digit
+        loss_sum, correct_t, seen = torch.zeros((), device=dev, dtype=torch.float64), torch.zeros((), device=dev, dtype=torch.long), 0
         for step, (x, y) in enumerate(bar):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             loss, n_correct = train_step_on_device(state, x, y)
-            loss_sum += loss * len(y)
+            loss_sum += loss.double() * len(y)
             correct_t += n_correct
             seen += len(y)
             if hasattr(bar, "set_postfix") and step % 25 == 0:  # a host sync, so only now and then
