@@ -86,6 +86,7 @@ def train_cmd(
     seed: int = typer.Option(0, "--seed"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    compile_model: bool = typer.Option(False, "--compile", help="Train with torch.compile (faster steps after a compile of about a minute; GPU)."),
 ) -> None:
     """Train one model into a run folder (resumes from RUN/last.ckpt; works under torchrun)."""
     from .training import make_config, train_run
@@ -95,7 +96,8 @@ def train_cmd(
                                beta=beta, max_train=max_train, tau=tau, awp=awp)
     cfg = make_config(method, dataset, preset=preset, temperature=temperature, seed=seed, **settings)
     run_dir = out or Path("runs") / f"{dataset}-{cfg.name}"
-    record = train_run(cfg, run_dir, device=device, teacher_dir=teacher, data_dir=data_dir, progress=progress, log=info)
+    record = train_run(cfg, run_dir, device=device, teacher_dir=teacher, data_dir=data_dir, progress=progress, log=info,
+                       compile=compile_model)
     m = record["metrics"]
     if m["clean_acc"] == m["clean_acc"]:  # NaN on non-zero torchrun ranks, which print nothing
         typer.echo(f"{run_dir}: clean_acc {m['clean_acc']:.3f} pgd_acc {m['pgd_acc']:.3f} ({m['train_seconds']:.1f} s)")
@@ -107,7 +109,7 @@ def train_sweep_cmd(
     methods: str = typer.Option("dd,trades,ltd", "--methods", help="Subset of dd,trades,ltd,rslad,pgd-at."),
     dataset: str = typer.Option("digits", "--dataset"),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<dataset>)."),
-    jobs: int = typer.Option(1, "--jobs", help="Parallel worker processes for training and audits (one GPU each on CUDA)."),
+    jobs: int = typer.Option(1, "--jobs", help="Parallel worker processes for training and audits (capped by tasks, cores and 4 per GPU; the plan is logged)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     seed: int = typer.Option(0, "--seed"),
     arch: Optional[str] = typer.Option(None, "--arch"),
@@ -126,6 +128,7 @@ def train_sweep_cmd(
     report: bool = typer.Option(True, "--report/--no-report", help="Render the HTML report of the sweep and its audits."),
     report_out: Optional[Path] = typer.Option(None, "--report-out", help="Report path (default SWEEP/report.html)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    compile_model: bool = typer.Option(False, "--compile", help="Train with torch.compile (faster steps after a compile of about a minute; GPU)."),
 ) -> None:
     """Train natural, dd, trades and ltd over a temperature sweep, audit them and render the report; rerun to resume."""
     from .config import parse_name_list, parse_temps
@@ -145,13 +148,12 @@ def train_sweep_cmd(
     sweep_dir = out or Path("runs") / f"sweep-{dataset}"
     hold_sweep_lock(sweep_dir)  # for training, audits and report; released when this process exits
     run_sweep(sweep_dir, temps=temp_list, methods=method_list, dataset=dataset, seed=seed, device=device, jobs=jobs,
-              settings=settings, data_dir=data_dir, progress=progress, log=info)
+              settings=settings, data_dir=data_dir, progress=progress, log=info, compile=compile_model)
     typer.echo(f"{sweep_dir / 'sweep.json'}")
     if audit:
-        from .audit import audit_sweep
-        from .config import resolve_device
+        from .sweep import audit_sweep
 
-        audit_sweep(sweep_dir, n=audit_n, seed=seed, square_queries=square_queries, device=resolve_device(device),
+        audit_sweep(sweep_dir, n=audit_n, seed=seed, square_queries=square_queries, device=device,
                     data_dir=data_dir, jobs=jobs, progress=progress, log=info)
     if report:
         from .report import render_report

@@ -91,11 +91,19 @@ def format_temperature(t: float) -> str:
     return f"{t:g}"
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else CPU; `cuda[:n]` must exist."""
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """The one place a device spec becomes a `torch.device`; CUDA devices always carry an index.
+
+    `auto` picks CUDA when present, else CPU. `cuda` (and `auto` on a GPU machine) becomes the
+    current CUDA device, e.g. `cuda:0`: `torch.cuda.set_device`, `torch.Generator(device=...)`
+    and worker planning all need an index, and an index-less `cuda` crashed the first of them
+    (issue 13). `cuda:n` must exist.
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cpu":
         return torch.device("cpu")
     if spec.startswith("cuda"):
@@ -105,7 +113,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
             dev = torch.device(spec)
         except RuntimeError:  # torch's own message lists every backend it knows; ours says what we take
             raise InputError(f"--device must be auto, cpu or cuda[:n]; got {spec!r}.") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= torch.cuda.device_count():
             raise InputError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible.")
         return dev
     raise InputError(f"--device must be auto, cpu or cuda[:n]; got {spec!r}.")

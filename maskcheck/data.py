@@ -108,18 +108,19 @@ class ImageTensorDataset(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False) -> None:
         self.images = images
         self.labels = labels
-        self.transform: Callable | None = None
-        if augment:
-            from torchvision.transforms import v2
-
-            # Standard CIFAR recipe (TRADES, AWP, LTD App. A): pad-4 random crop + flip.
-            self.transform = v2.Compose([v2.RandomCrop(images.shape[-1], padding=4), v2.RandomHorizontalFlip()])
+        self.augment = augment
+        self.transform: Callable | None = None  # built on first use: training on the device augments there, without torchvision
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[i]
+        if self.augment and self.transform is None:
+            from torchvision.transforms import v2
+
+            # Standard CIFAR recipe (TRADES, AWP, LTD App. A): pad-4 random crop + flip.
+            self.transform = v2.Compose([v2.RandomCrop(self.images.shape[-1], padding=4), v2.RandomHorizontalFlip()])
         if self.transform is not None:
             x = self.transform(x)
         return x.float().div_(255.0), self.labels[i]

@@ -8,15 +8,23 @@ Jobs (ARCHITECTURE.md, "Sweep folder"):
 * optional `rslad` (teacher: the sweep's `trades` model) and `pgd-at`.
 
 Rerunning the same command skips finished runs (`checkpoint.is_complete_run`) and resumes a
-half-finished one from its `last.ckpt`. With `jobs > 1` independent jobs run on that many spawned
-worker processes, a job starting once the runs it depends on are finished; on CUDA each job gets
-one GPU (the least busy). A single run bigger than one GPU is a `torchrun` job of its own
-(`torchrun --nproc-per-node N -m maskcheck train ...`), not something this module schedules.
+half-finished one from its `last.ckpt`. With `jobs > 1` independent jobs run on spawned worker
+processes, a job starting once the runs it depends on are finished. How many workers, on which
+devices and with how many CPU threads each is decided by one pure function, `plan_workers`, and
+logged; the same pool helper (`run_pool`) runs both the training jobs and the audits. On CUDA a
+job goes to the least busy GPU; several workers may share one GPU (small models leave a GPU
+mostly idle, so a few processes fill it). A single run bigger than one GPU is a `torchrun` job of
+its own (`torchrun --nproc-per-node N -m maskcheck train ...`), not something this module schedules.
+
+The sweep also owns its audits (`audit_sweep`): every deployed model gets RUN/audit.json, and a
+model is re-audited when the settings asked for (n, seed, Square queries, threat model) differ
+from the ones its audit.json records, not because a file is older.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -24,7 +32,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -32,6 +40,7 @@ from . import checkpoint
 from .config import format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
+from .audit import DEFAULT_SQUARE_QUERIES
 from .training import LAST_CKPT, make_config, train_run
 
 SWEEP_FILE = "sweep.json"
@@ -138,26 +147,169 @@ def die_with_parent() -> None:
             pass
 
 
+# ------------------------------------------------------------------ worker planning
+
+# Ours, not measured on every card: beyond a few processes per GPU the CUDA contexts only take
+# turns; benchmarks/gpu_check.sh measures --jobs 1 against --jobs 6 on one GPU.
+MAX_WORKERS_PER_GPU = 4
+MAX_THREADS_PER_GPU_WORKER = 4  # a GPU worker's CPU threads only run the host side of small ops
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How a pool runs: `workers` processes (1 = in this process), placed on `devices`, each with `threads` CPU threads."""
+
+    workers: int
+    devices: tuple[str, ...]
+    threads: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.workers} worker(s) on {', '.join(self.devices)}, {self.threads} CPU thread(s) each ({self.reason})"
+
+
+def plan_workers(jobs: int, devices: Sequence[str], n_tasks: int, cpu_count: int) -> WorkerPlan:
+    """Pure: the pool for `n_tasks` tasks when `jobs` workers are asked for on `devices` with `cpu_count` cores.
+
+    * never more workers than tasks;
+    * CPU: at most one worker per core, the cores split evenly between them (small models use one
+      core poorly, so two workers on two cores are nearly twice as fast as one);
+    * CUDA: at most MAX_WORKERS_PER_GPU per GPU and at most one per core, each with
+      cores / workers threads (at most MAX_THREADS_PER_GPU_WORKER).
+    """
+    if jobs < 1:
+        raise InputError(f"--jobs must be a positive number of worker processes; got {jobs}.")
+    cpu_count = max(1, cpu_count)
+    devices = tuple(devices) or ("cpu",)
+    workers = max(1, min(jobs, n_tasks))
+    reasons = [f"{jobs} asked, {n_tasks} task(s)"]
+    if devices[0] == "cpu":
+        if workers > cpu_count:
+            workers, reasons = cpu_count, reasons + [f"one per CPU core ({cpu_count})"]
+        threads = max(1, cpu_count // workers)
+    else:
+        cap = MAX_WORKERS_PER_GPU * len(devices)
+        if workers > cap:
+            workers, reasons = cap, reasons + [f"at most {MAX_WORKERS_PER_GPU} per GPU"]
+        if workers > cpu_count:
+            workers, reasons = cpu_count, reasons + [f"at most one per CPU core ({cpu_count})"]
+        threads = max(1, min(MAX_THREADS_PER_GPU_WORKER, cpu_count // workers))
+        devices = devices[:workers]  # more GPUs than workers: use the first ones
+    return WorkerPlan(workers, devices, threads, "; ".join(reasons))
+
+
+def sweep_devices(spec: str | torch.device) -> list[str]:
+    """`auto`/`cuda` on a machine with GPUs: every GPU (the pool spreads jobs over them); else the one device."""
+    dev = resolve_device(spec)
+    if dev.type == "cuda" and str(spec).strip().lower() in ("auto", "cuda"):
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [str(dev)]
+
+
 def _worker_init(threads: int) -> None:
     die_with_parent()
     torch.set_num_threads(threads)
 
 
+def run_pool(
+    tasks: Sequence[Any],
+    work: Callable[..., Any],
+    plan: WorkerPlan,
+    *,
+    name: Callable[[Any], str],
+    depends_on: Callable[[Any], Iterable[str]] = lambda _t: (),
+    ready_elsewhere: Callable[[str], bool] = lambda _n: False,
+    on_start: Callable[[Any, str], None] = lambda _t, _d: None,
+    on_done: Callable[[Any, Any], None] = lambda _t, _r: None,
+) -> None:
+    """Run `work(task, device)` for every task, each once the tasks it depends on are done.
+
+    The one pool of the sweep, for training and audits alike. `work` must be a top-level
+    function (spawned workers import it). With one worker everything runs in this process, in
+    order. A dependency that is not among `tasks` counts as done if `ready_elsewhere(name)`.
+    A worker's error is raised here after the queued tasks are cancelled.
+    """
+    pending = list(tasks)
+    names = {name(t) for t in tasks}
+    done: set[str] = set()
+
+    def ready(t: Any) -> bool:
+        return all(d in done or (d not in names and ready_elsewhere(d)) for d in depends_on(t))
+
+    def stuck() -> InputError:
+        return InputError("sweep jobs wait on teachers that cannot be trained: "
+                          + ", ".join(f"{name(t)} <- {', '.join(depends_on(t))}" for t in pending))
+
+    if plan.workers == 1:
+        while pending:
+            t = next((t for t in pending if ready(t)), None)
+            if t is None:
+                raise stuck()
+            pending.remove(t)
+            on_start(t, plan.devices[0])
+            on_done(t, work(t, plan.devices[0]))
+            done.add(name(t))
+        return
+    load = {d: 0 for d in plan.devices}
+    running: dict[Future, tuple[Any, str]] = {}
+    with ProcessPoolExecutor(max_workers=plan.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(plan.threads,)) as pool:
+        try:
+            while pending or running:
+                for t in list(pending):
+                    if len(running) >= plan.workers:
+                        break
+                    if ready(t):
+                        dev = min(load, key=load.get)
+                        load[dev] += 1
+                        on_start(t, dev)
+                        running[pool.submit(work, t, dev)] = (t, dev)
+                        pending.remove(t)
+                if not running:
+                    raise stuck()
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    t, dev = running.pop(fut)
+                    load[dev] -= 1
+                    result = fut.result()  # re-raise a worker's error here
+                    done.add(name(t))
+                    on_done(t, result)
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            raise
+
+
+# ------------------------------------------------------------------------ training
+
+
+@dataclass(frozen=True)
+class _TrainTask:
+    """Everything a worker needs to train one job (picklable)."""
+
+    job: Job
+    sweep_dir: str
+    dataset: str
+    seed: int
+    settings: dict[str, Any]
+    data_dir: str | None
+    progress: bool
+    compile: bool = False
+
+
+def _train_task(task: _TrainTask, device: str) -> dict[str, Any]:
+    return execute_job(task.job, task.sweep_dir, task.dataset, task.seed, task.settings, device, task.data_dir,
+                       task.progress, compile=task.compile)
+
+
 def execute_job(job: Job, sweep_dir: str, dataset: str, seed: int, settings: dict[str, Any], device: str,
-                data_dir: str | None, progress: bool) -> dict[str, Any]:
+                data_dir: str | None, progress: bool, compile: bool = False) -> dict[str, Any]:
     """Train one job (top-level so a spawned worker can run it); returns its run.json record."""
     run_dir = Path(sweep_dir) / job.run_dir
     cfg = make_config(job.method, dataset, name=job.name, temperature=job.temperature, seed=seed, **settings)
     teacher_dir = Path(sweep_dir) / "runs" / job.teacher if job.teacher else None
-    return train_run(cfg, run_dir, device=device, teacher_dir=teacher_dir, data_dir=data_dir, progress=progress)
-
-
-def _devices(device: str) -> list[str]:
-    """One entry per GPU for `auto`/`cuda` on a multi-GPU machine; otherwise the single device."""
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [str(dev)]
+    return train_run(cfg, run_dir, device=device, teacher_dir=teacher_dir, data_dir=data_dir, progress=progress,
+                     compile=compile)
 
 
 LOCK_FILE = ".maskcheck-sweep.lock"
@@ -216,10 +368,12 @@ def run_sweep(
     data_dir: str | Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Plan, write SWEEP/sweep.json, train every unfinished job; returns the manifest.
 
     `settings` are TrainConfig overrides shared by every job (epochs, eps, lr, arch, ...).
+    `compile`: train with torch.compile (speed only; not part of the sweep's identity).
     """
     out = Path(out)
     # JSON round trip: the manifest stores settings as JSON, so compare them in that form on rerun
@@ -244,53 +398,138 @@ def run_sweep(
             # a kill between save_run and the checkpoint's removal leaves a stale resume file
             (out / j.run_dir / LAST_CKPT).unlink(missing_ok=True)
             log(f"{j.name}: finished, skipped")
-    args = (str(out), dataset, seed, settings, str(data_dir) if data_dir else None)
+    plan_ = plan_workers(jobs, sweep_devices(device), len(todo), os.cpu_count() or 1)
+    if todo:
+        log(f"training: {plan_.describe()}")
+    tasks = [_TrainTask(j, str(out), dataset, seed, settings, str(data_dir) if data_dir else None,
+                        progress and plan_.workers == 1, compile) for j in todo]
     started = time.perf_counter()
-    if jobs == 1:
-        for j in todo:
-            log(f"{j.name}: training")
-            execute_job(j, *args[:4], device=_devices(device)[0], data_dir=args[4], progress=progress)
-            log(f"{j.name}: done")
-    else:
-        _run_parallel(todo, args, _devices(device), jobs, log)
+    run_pool(tasks, _train_task, plan_, name=lambda t: t.job.name, depends_on=lambda t: t.job.depends_on,
+             ready_elsewhere=lambda d: checkpoint.is_complete_run(out / "runs" / d),
+             on_start=lambda t, dev: log(f"{t.job.name}: training" + (f" on {dev}" if plan_.workers > 1 else "")),
+             on_done=lambda t, _r: log(f"{t.job.name}: done"))
     log(f"sweep finished in {time.perf_counter() - started:.1f} s ({len(todo)} trained, {len(plan) - len(todo)} skipped)")
     return manifest
 
 
-def _run_parallel(todo: list[Job], args: tuple, devices: list[str], jobs: int, log: Callable[[str], None]) -> None:
-    """Run `todo` on `jobs` spawned workers, each job once all its dependencies are finished."""
-    sweep_dir = Path(args[0])
-    done: set[str] = set()  # names finished in this call
-    pending = list(todo)
-    pending_names = {j.name for j in todo}
-    running: dict[Future, tuple[Job, str]] = {}
-    load = {d: 0 for d in devices}
-    threads = max(1, (os.cpu_count() or 1) // jobs) if devices[0] == "cpu" else 2
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        try:
-            while pending or running:
-                for j in list(pending):
-                    if len(running) >= jobs:
-                        break
-                    if all(d in done or (d not in pending_names and checkpoint.is_complete_run(sweep_dir / "runs" / d))
-                           for d in j.depends_on):
-                        dev = min(load, key=load.get)
-                        load[dev] += 1
-                        log(f"{j.name}: training on {dev}")
-                        running[pool.submit(execute_job, j, *args[:4], dev, args[4], False)] = (j, dev)
-                        pending.remove(j)
-                if not running:
-                    raise InputError("sweep jobs wait on teachers that cannot be trained: "
-                                     + ", ".join(f"{j.name} <- {', '.join(j.depends_on)}" for j in pending))
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    j, dev = running.pop(fut)
-                    load[dev] -= 1
-                    fut.result()  # re-raise a worker's error here
-                    done.add(j.name)
-                    log(f"{j.name}: done")
-        except BaseException:
-            for fut in running:
-                fut.cancel()
-            raise
+# -------------------------------------------------------------------------- audits
+
+def audit_settings_differ(audit: dict[str, Any], threat: dict[str, Any], n: int, seed: int, square_queries: int,
+                          heldout_size: Callable[[], int]) -> str | None:
+    """Why a stored audit.json does not answer the audit asked for (None: it does).
+
+    Read from the JSON's `threat`, `n`, `provenance.seed`, the Square queries the black-box check
+    recorded and, when present, its `config` object (issue 15's AuditConfig). `n` may be capped
+    by the held-out split: a stored n below the one asked for is current only when it is the
+    whole split (`heldout_size`, called only then, since it loads the data set).
+    """
+    stored_threat = audit.get("threat") or {}
+    if stored_threat.get("norm") != threat.get("norm"):
+        return f"norm {stored_threat.get('norm')} -> {threat.get('norm')}"
+    if not math.isclose(float(stored_threat.get("eps", -1)), float(threat["eps"]), rel_tol=1e-9):
+        return f"eps {stored_threat.get('eps')} -> {threat['eps']}"
+    config = audit.get("config") if isinstance(audit.get("config"), dict) else {}
+    stored_seed = config.get("seed", (audit.get("provenance") or {}).get("seed", audit.get("seed")))
+    if stored_seed != seed:
+        return f"seed {stored_seed} -> {seed}"
+    queries = config.get("square_queries")
+    if queries is None:  # older audit.json: the black-box check's evidence records its queries
+        queries = next((c.get("evidence", {}).get("square_queries") for c in audit.get("checks", [])
+                        if isinstance(c, dict) and "square_queries" in (c.get("evidence") or {})), None)
+    if queries is not None and queries != square_queries:
+        return f"square queries {queries} -> {square_queries}"
+    stored_n = audit.get("n")
+    if config.get("n") is not None and config["n"] != n:
+        return f"n {config['n']} -> {n}"
+    if stored_n != n and not (isinstance(stored_n, int) and stored_n < n and stored_n == heldout_size()):
+        return f"n {stored_n} -> {n}"
+    return None
+
+
+@dataclass(frozen=True)
+class _AuditTask:
+    name: str
+    run_dir: str
+    n: int
+    seed: int
+    square_queries: int
+    data_dir: str | None
+    progress: bool
+
+
+def _audit_task(task: _AuditTask, device: str) -> str:
+    """Audit one finished run into RUN/audit.json (a pool task); returns the verdict text."""
+    from .audit import run_audit, run_threat
+    from .checkpoint import load_model
+    from .data import load_dataset
+
+    loaded = load_model(task.run_dir, device=device)
+    loaded.extra.setdefault("path", str(task.run_dir))
+    eps, norm = run_threat(loaded)
+    result = run_audit(loaded, load_dataset(loaded.info.name, task.data_dir), eps=eps, norm=norm, n=task.n, seed=task.seed,
+                       square_queries=task.square_queries, device=device, progress=task.progress)
+    result.save(Path(task.run_dir) / "audit.json")
+    return result.verdict.text
+
+
+def audit_sweep(
+    sweep_dir: str | Path,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    square_queries: int = DEFAULT_SQUARE_QUERIES,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+    include_teachers: bool = False,
+    log: Callable[[str], None] = lambda msg: None,
+) -> list[Path]:
+    """Audit every finished run of a sweep into RUN/audit.json, on the sweep's worker pool.
+
+    A run whose audit.json was made with the settings asked for is kept, so this resumes like the
+    sweep does; one audited with other settings (n, seed, Square queries, threat model) is
+    audited again. dd teachers are intermediates (their students are the sweep's dd models) and
+    are skipped unless `include_teachers`.
+    """
+    from .checkpoint import RUN_FILE, is_complete_run
+
+    sweep_dir = Path(sweep_dir)
+    manifest = read_json(sweep_dir / SWEEP_FILE, "sweep manifest")
+    sizes: dict[str, int] = {}
+
+    def heldout_size(dataset: str) -> int:
+        if dataset not in sizes:
+            from .data import load_dataset
+
+            sizes[dataset] = len(load_dataset(dataset, data_dir).heldout)
+        return sizes[dataset]
+
+    todo, done = [], []
+    for job in manifest.get("jobs", []):
+        run_dir = sweep_dir / job["run_dir"]
+        out = run_dir / "audit.json"
+        if job["name"].startswith("dd-teacher") and not include_teachers:
+            continue
+        if not is_complete_run(run_dir):
+            log(f"audit: {job['name']} is not trained yet; skipped")
+            continue
+        if out.is_file():
+            run = read_json(run_dir / RUN_FILE, "run record")
+            from .data import get_info
+
+            threat = run.get("threat") or {"eps": get_info(run["dataset"]).default_eps, "norm": "linf"}
+            why = audit_settings_differ(read_json(out, "audit result"), threat, n, seed, square_queries,
+                                        lambda: heldout_size(run["dataset"]))
+            if why is None:
+                done.append(out)
+                continue
+            log(f"audit: {job['name']}: settings changed ({why}); auditing again")
+        todo.append(_AuditTask(job["name"], str(run_dir), n, seed, square_queries, str(data_dir) if data_dir else None, progress))
+    plan = plan_workers(jobs, sweep_devices(device), len(todo), os.cpu_count() or 1)
+    if todo:
+        log(f"audit: {plan.describe()}")
+    if plan.workers > 1:
+        todo = [_AuditTask(**{**asdict(t), "progress": False}) for t in todo]
+    run_pool(todo, _audit_task, plan, name=lambda t: t.name, on_done=lambda t, verdict: log(f"audit: {t.name}: {verdict}"))
+    return done + [Path(t.run_dir) / "audit.json" for t in todo]

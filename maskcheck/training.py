@@ -1,14 +1,21 @@
 """The single training loop every method goes through.
 
 `train_run(cfg, run_dir)` trains one model into a run folder (ARCHITECTURE.md, "Run folder"):
-optimizer + step schedule + weight decay, AMP and channels_last on CUDA only, a tqdm bar with
-loss and accuracy, clean + PGD accuracy on the held-out split after every epoch, and
+optimizer + step schedule + weight decay, AMP (bf16, else fp16 + GradScaler) and channels_last on
+CUDA by default (both can be forced on CPU, where torch supports them, so tests reach those code
+paths), an opt-in `torch.compile`, a tqdm bar with loss and accuracy, clean + PGD accuracy on the held-out split after every epoch, and
 `RUN/last.ckpt` after every epoch so an interrupted run resumes where it stopped. The finished
 run is written by `checkpoint.save_run` (weights, then run.json last).
 
 Under `torchrun` (WORLD_SIZE > 1 in the environment) the same loop runs DistributedDataParallel
 with a DistributedSampler; rank 0 evaluates and writes files. Per-rank batches are
 `batch_size / world_size`, so one DDP step equals one single-process step on the whole batch.
+
+In-memory data sets (every built-in one) are moved to the training device once and batched by
+indexing, with CIFAR's crop + flip done on the whole batch on the device: no DataLoader, no
+per-step host copies and no per-step host syncs (loss and accuracy are summed on the device and
+read once per epoch), because a small model at batch 128 is bound by per-step overhead, not
+arithmetic (issue 13). DDP runs keep the DataLoader + DistributedSampler.
 
 Shuffling and attack noise are reseeded from (seed, epoch) at the start of every epoch, so a
 resumed run sees the same data order as an uninterrupted one without storing RNG states.
@@ -28,12 +35,12 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset, TensorDataset
 
 from . import checkpoint
 from .attacks import accuracy, pgd
 from .config import check_eps, derived_seed, format_temperature, resolve_device, seed_everything
-from .data import get_info, load_dataset
+from .data import ImageTensorDataset, get_info, load_dataset
 from .errors import InputError
 from .fileio import atomic_write
 from .methods import AWP, AWP_DEFAULTS, AWP_METHODS, METHODS, StepContext, build_method
@@ -220,14 +227,20 @@ class TrainState:
     awp: AWP | None = None
     scaler: torch.amp.GradScaler | None = None
     channels_last: bool = False
+    compiled: bool = False
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _amp_factory(device: torch.device) -> tuple[Callable[[], Any] | None, torch.amp.GradScaler | None]:
-    """Mixed precision on CUDA only: bf16 where supported (no scaler needed), else fp16 + GradScaler."""
-    if device.type != "cuda":
+def _amp_factory(device: torch.device, enabled: bool) -> tuple[Callable[[], Any] | None, torch.amp.GradScaler | None]:
+    """Mixed precision: bf16 where supported (no scaler needed), else fp16 + GradScaler (CUDA only).
+
+    On CPU only bf16 autocast exists; it is used when forced (tests of the AMP code path).
+    """
+    if not enabled:
         return None, None
+    if device.type != "cuda":
+        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
@@ -235,43 +248,70 @@ def _amp_factory(device: torch.device) -> tuple[Callable[[], Any] | None, torch.
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     # Weight decay on all parameters, as the PyTorch reference repos do (methods.md pitfall 12).
+    # Fused kernels on CUDA: one launch per step instead of several per parameter, and Adam's step
+    # counter stays on the GPU (the default reads it back to the host every step).
+    fused = True if next(model.parameters()).device.type == "cuda" else None
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
-def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | None = None, ddp: Dist = Dist()) -> TrainState:
-    """Model, optimizer, method and step context for `cfg` (model initialised from cfg.seed)."""
+def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | None = None, ddp: Dist = Dist(), *,
+                amp: bool | None = None, channels_last: bool | None = None, compile: bool = False) -> TrainState:
+    """Model, optimizer, method and step context for `cfg` (model initialised from cfg.seed).
+
+    `amp` and `channels_last` default to "on CUDA"; `compile` wraps the model in `torch.compile`
+    (the weights stay on `state.model`, which is what checkpoints save). None of the three is a
+    training setting: they change speed and rounding, not the experiment, so they are recorded in
+    run.json but not in `cfg`.
+    """
     seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels once
     info = get_info(cfg.dataset)
     model = build_model(cfg.arch, info, temperature=cfg.model_temperature).to(device)
-    channels_last = device.type == "cuda"
+    amp = device.type == "cuda" if amp is None else amp
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     wrapped: nn.Module = model
     if ddp.enabled:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    elif compile:
+        wrapped = torch.compile(model)
     method = build_method(cfg.method, temperature=cfg.temperature, beta=cfg.beta)
     if method.needs_teacher and teacher is None:
         raise InputError(f"--method {cfg.method} needs --teacher RUN_DIR (a finished run folder).")
-    autocast, scaler = _amp_factory(device)
+    autocast, scaler = _amp_factory(device, amp)
     ctx = StepContext(eps=cfg.eps, norm=cfg.norm, attack_steps=cfg.attack_steps, attack_step_size=cfg.attack_step_size,
                       teacher=teacher, generator=torch.Generator(device=device), autocast=autocast)
     awp = AWP(gamma=cfg.awp_gamma or 0.0, warmup=cfg.awp_warmup or 0) if cfg.awp else None
-    return TrainState(cfg, model, wrapped, make_optimizer(cfg, model), method, ctx, awp, scaler, channels_last)
+    return TrainState(cfg, model, wrapped, make_optimizer(cfg, model), method, ctx, awp, scaler, channels_last,
+                      compiled=compile and not ddp.enabled)
 
 
 def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
     """One optimizer step on (x, y); returns (loss, number of correct training predictions).
 
     Gradients stay in `.grad` after the step (they are cleared at the start of the next one).
+    This form reads both numbers back to the host (a sync); the loop uses `train_step_on_device`.
     """
-    if state.channels_last:
+    loss, correct = train_step_on_device(state, x, y)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{state.cfg.name}: training loss became {value} at epoch {state.epoch + 1}; lower --lr.")
+    return value, int(correct)
+
+
+def train_step_on_device(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on (x, y); returns (detached loss, correct count) as device tensors, no host sync."""
+    if state.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     state.optimizer.zero_grad(set_to_none=True)
     state.model.train()
-    batch = state.method.prepare(state.model, x, y, state.ctx)
+    # the attack inside `prepare` uses the compiled module too (DDP's wrapper is for the loss only)
+    batch = state.method.prepare(state.wrapped if state.compiled else state.model, x, y, state.ctx)
     diff = None
     if state.awp is not None and state.awp.active(state.epoch):
         diff = state.awp.perturbation(state.model, state.method, batch, state.ctx)
@@ -279,9 +319,6 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
     autocast = state.ctx.autocast() if state.ctx.autocast is not None else contextlib.nullcontext()
     with autocast:
         loss, logits = state.method.objective(state.wrapped, batch, state.ctx)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"{state.cfg.name}: training loss became {value} at epoch {state.epoch + 1}; lower --lr.")
     if state.scaler is not None:
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
@@ -291,7 +328,7 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
         state.optimizer.step()
     if diff is not None:
         state.awp.apply(state.model, diff, -1.0)
-    return value, int((logits.argmax(1) == y).sum())
+    return loss.detach().float(), (logits.detach().argmax(1) == y).sum()
 
 
 # ------------------------------------------------------------------------ evaluate
@@ -354,6 +391,7 @@ def load_last(run_dir: Path, state: TrainState) -> bool:
 
 
 def _loader(train: Any, cfg: TrainConfig, epoch: int, ddp: Dist, device: torch.device) -> DataLoader:
+    """DDP only: a DataLoader over this rank's shard (in-memory single-process runs use `DeviceData`)."""
     per_rank = max(1, cfg.batch_size // ddp.world_size)
     if ddp.enabled:
         sampler: Any = DistributedSampler(train, num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True, seed=cfg.seed)
@@ -362,9 +400,72 @@ def _loader(train: Any, cfg: TrainConfig, epoch: int, ddp: Dist, device: torch.d
         gen = torch.Generator()
         gen.manual_seed(derived_seed(cfg.seed, f"shuffle-{epoch}"))
         sampler = RandomSampler(train, generator=gen)
-    workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    workers = min(4, max(0, (os.cpu_count() or 1) // max(ddp.world_size, 1) - 1)) if device.type == "cuda" else 0
     return DataLoader(train, batch_size=per_rank, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                       drop_last=False, persistent_workers=False)
+
+
+class DeviceData:
+    """A whole in-memory training set on the training device, batched by indexing.
+
+    Same batches as `DataLoader(RandomSampler(generator=shuffle-{epoch}))` over the data set (the
+    permutation is drawn the same way), so moving data to the device changes no result. uint8
+    CIFAR images stay uint8 on the device (a quarter of the memory) and get the standard
+    pad-4 random crop + horizontal flip batch-wise (TRADES / AWP / LTD App. A), seeded per epoch.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool, device: torch.device) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.augment = augment
+        self.device = device
+
+    @staticmethod
+    def from_dataset(train: Dataset, device: torch.device) -> "DeviceData | None":
+        """The data set's tensors (through one level of Subset), or None for a data set we cannot index."""
+        indices = None
+        if isinstance(train, Subset):
+            indices, train = torch.as_tensor(list(train.indices), dtype=torch.long), train.dataset
+        if isinstance(train, ImageTensorDataset):
+            images, labels, augment = train.images, train.labels, train.augment
+        elif isinstance(train, TensorDataset) and len(train.tensors) == 2:
+            (images, labels), augment = train.tensors, False
+        else:
+            return None
+        if indices is not None:
+            images, labels = images[indices], labels[indices]
+        return DeviceData(images, labels, augment, device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, cfg: TrainConfig, epoch: int) -> Any:
+        gen = torch.Generator()
+        gen.manual_seed(derived_seed(cfg.seed, f"shuffle-{epoch}"))
+        order = torch.randperm(len(self), generator=gen).to(self.device)
+        aug = torch.Generator(device=self.device)
+        aug.manual_seed(derived_seed(cfg.seed, f"augment-{epoch}"))
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            x, y = self.images[idx], self.labels[idx]
+            if x.dtype == torch.uint8:
+                if self.augment:
+                    x = crop_flip(x, aug)
+                x = x.float().div_(255.0)
+            yield x, y
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per-image random crop of the zero-padded batch (N, C, H, W), then a random horizontal flip."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1, 1), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1, 1), device=x.device, generator=generator)
+    flip = torch.rand((n, 1, 1, 1), device=x.device, generator=generator) < 0.5
+    rows = (torch.arange(h, device=x.device).view(1, 1, h, 1) + dy).expand(n, c, h, w + 2 * pad)
+    cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
+    cols = (torch.where(flip, (w - 1) - cols, cols) + dx).expand(n, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
 
 
 def _load_teacher(teacher_dir: str | Path | None, device: torch.device) -> tuple[nn.Module | None, str | None]:
@@ -386,24 +487,30 @@ def train_run(
     data_dir: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    compile: bool = False,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` into `run_dir`, resuming from RUN/last.ckpt; returns the run.json record.
 
     A finished run folder (run.json + weights) is an error here; the sweep skips those instead.
+    `compile`, `amp`, `channels_last`: see `build_state` (speed settings, recorded in run.json).
     """
     run_dir = Path(run_dir)
     if checkpoint.is_complete_run(run_dir):
         raise InputError(f"{run_dir} already holds a finished run; choose another --out or delete it.")
     ddp = init_distributed(str(device))
     dev = torch.device(f"cuda:{ddp.local_rank}") if ddp.enabled and torch.cuda.is_available() and str(device) != "cpu" \
-        else (device if isinstance(device, torch.device) else resolve_device(device))
+        else resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     splits = load_dataset(cfg.dataset, data_dir)
     train = splits.train if cfg.max_train is None else Subset(splits.train, range(min(cfg.max_train, len(splits.train))))
     x_held, y_held = splits.heldout_tensors()
+    x_held, y_held = x_held.to(dev), y_held.to(dev)  # evaluated after every epoch: copy once
+    on_device = None if ddp.enabled else DeviceData.from_dataset(train, dev)
     teacher, teacher_name = _load_teacher(teacher_dir, dev)
-    state = build_state(cfg, dev, teacher, ddp)
+    state = build_state(cfg, dev, teacher, ddp, amp=amp, channels_last=channels_last, compile=compile)
     if load_last(run_dir, state) and log and ddp.is_main:
         log(f"{cfg.name}: resuming after epoch {state.epoch}/{cfg.epochs}")
     started = time.perf_counter() - sum(h["seconds"] for h in state.history)
@@ -412,15 +519,27 @@ def train_run(
         for group in state.optimizer.param_groups:
             group["lr"] = lr_at(cfg, state.epoch)
         state.ctx.generator.manual_seed(derived_seed(cfg.seed, f"attack-{state.epoch}-{ddp.rank}"))
-        loader = _loader(train, cfg, state.epoch, ddp, dev)
-        bar = _progress(loader, f"{cfg.name} {state.epoch + 1}/{cfg.epochs}", progress and ddp.is_main)
-        total_loss, correct, seen = 0.0, 0, 0
-        for x, y in bar:
+        if on_device is not None:
+            batches: Any = on_device.batches(cfg, state.epoch)
+            steps = math.ceil(len(on_device) / cfg.batch_size)
+        else:
+            batches = _loader(train, cfg, state.epoch, ddp, dev)
+            steps = len(batches)
+        bar = _progress(batches, steps, f"{cfg.name} {state.epoch + 1}/{cfg.epochs}", progress and ddp.is_main)
+        # summed on the device and read once per epoch: a .item() per step stalls the GPU queue
+        # float64, as the host sum of Python floats was: the recorded history keeps its values to the last digit
+        loss_sum, correct_t, seen = torch.zeros((), device=dev, dtype=torch.float64), torch.zeros((), device=dev, dtype=torch.long), 0
+        for step, (x, y) in enumerate(bar):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            loss, n_correct = train_step(state, x, y)
-            total_loss, correct, seen = total_loss + loss * len(y), correct + n_correct, seen + len(y)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+            loss, n_correct = train_step_on_device(state, x, y)
+            loss_sum += loss.double() * len(y)
+            correct_t += n_correct
+            seen += len(y)
+            if hasattr(bar, "set_postfix") and step % 25 == 0:  # a host sync, so only now and then
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct_t.item() / seen:.3f}")
+        total_loss, correct = loss_sum.item(), int(correct_t.item())
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"{cfg.name}: training loss became {total_loss} in epoch {state.epoch + 1}; lower --lr.")
         if ddp.is_main:
             clean, robust = evaluate(state.model, x_held, y_held, cfg, cfg.eval_n, f"epoch-{state.epoch}")
             state.history.append({"epoch": state.epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
@@ -463,7 +582,7 @@ def run_record(cfg: TrainConfig, state: TrainState, teacher_name: str | None, dd
         "epochs": cfg.epochs,
         "teacher": teacher_name,
         "config": {**cfg.to_dict(), "world_size": ddp.world_size, "amp": state.ctx.autocast is not None,
-                   "channels_last": state.channels_last},
+                   "channels_last": state.channels_last, "compile": state.compiled},
         "metrics": {
             "clean_acc": final[0],
             "pgd_acc": final[1],
@@ -474,13 +593,13 @@ def run_record(cfg: TrainConfig, state: TrainState, teacher_name: str | None, dd
     }
 
 
-def _progress(loader: DataLoader, desc: str, enabled: bool) -> Any:
+def _progress(batches: Any, total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
-        return loader
+        return batches
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-__all__ = ["DATASET_DEFAULTS", "PRESETS", "TrainConfig", "build_state", "evaluate", "lr_at", "make_config", "train_run",
-           "train_step"]
+__all__ = ["DATASET_DEFAULTS", "PRESETS", "DeviceData", "TrainConfig", "build_state", "crop_flip", "evaluate", "lr_at",
+           "make_config", "train_run", "train_step", "train_step_on_device"]

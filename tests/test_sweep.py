@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
 import random
 import signal
@@ -16,7 +17,8 @@ import torch
 
 from maskcheck import checkpoint
 from maskcheck.errors import InputError
-from maskcheck.sweep import SWEEP_FILE, plan_jobs, run_sweep
+from maskcheck.sweep import (SWEEP_FILE, WorkerPlan, audit_settings_differ, audit_sweep, plan_jobs, plan_workers, run_pool,
+                             run_sweep)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(epochs=1, max_train=64, eval_n=10, final_eval_n=20, attack_steps=2, milestones=(1,))  # a tuple, as presets have
@@ -136,3 +138,95 @@ def test_sweep_survives_sigkill_at_a_random_moment(tmp_path: Path) -> None:
     assert {k: after[k] for k in finished} == finished  # nothing finished was retrained
     assert not list(out.rglob("*.tmp")), "half-written temp files left behind"
     assert not list(out.rglob("last.ckpt")), "finished runs keep no resume checkpoint"
+
+
+# ------------------------------------------------------------- worker planning (issue 13)
+
+
+@pytest.mark.parametrize("jobs, devices, tasks, cores, workers, threads, on", [
+    (1, ["cpu"], 20, 2, 1, 2, ("cpu",)),           # one worker gets every core
+    (2, ["cpu"], 20, 2, 2, 1, ("cpu",)),           # cores split between workers
+    (6, ["cpu"], 20, 2, 2, 1, ("cpu",)),           # never more CPU workers than cores
+    (6, ["cpu"], 1, 2, 1, 2, ("cpu",)),            # never more workers than tasks
+    (6, ["cuda:0"], 20, 16, 4, 4, ("cuda:0",)),    # several workers share one GPU, capped
+    (2, ["cuda:0"], 20, 16, 2, 4, ("cuda:0",)),
+    (6, ["cuda:0", "cuda:1"], 20, 16, 6, 2, ("cuda:0", "cuda:1")),
+    (1, ["cuda:0", "cuda:1"], 20, 16, 1, 4, ("cuda:0",)),
+    (6, ["cuda:0"], 20, 2, 2, 1, ("cuda:0",)),     # a GPU box with few cores: one worker per core
+])
+def test_plan_workers(jobs: int, devices: list[str], tasks: int, cores: int, workers: int, threads: int,
+                      on: tuple[str, ...]) -> None:
+    plan = plan_workers(jobs, devices, tasks, cores)
+    assert (plan.workers, plan.threads, plan.devices) == (workers, threads, on)
+    assert plan.workers * plan.threads <= max(cores, plan.workers)  # no oversubscription of the CPU
+    assert str(plan.workers) in plan.describe() and plan.reason
+
+
+def test_plan_workers_rejects_no_workers() -> None:
+    with pytest.raises(InputError, match="--jobs"):
+        plan_workers(0, ["cpu"], 3, 2)
+
+
+def test_pool_shares_one_device_between_workers_and_keeps_dependencies() -> None:
+    """Two workers on one device: both get it; a task starts only after the task it depends on."""
+    order: list[str] = []
+    results: dict[str, str] = {}
+    deps = {"a": (), "b": ("a",), "c": ()}
+    # operator.add is a top-level function a spawned worker can import: work("a", "gpu") == "agpu"
+    run_pool(["a", "b", "c"], operator.add, WorkerPlan(2, ("gpu",), 1, "test"), name=str, depends_on=deps.__getitem__,
+             on_start=lambda t, dev: order.append(t), on_done=lambda t, r: results.__setitem__(t, r))
+    assert results == {"a": "agpu", "b": "bgpu", "c": "cgpu"}
+    assert order.index("b") > order.index("a")
+
+
+def test_pool_reports_tasks_that_wait_forever() -> None:
+    with pytest.raises(InputError, match="b <- missing"):
+        run_pool(["b"], operator.add, WorkerPlan(1, ("cpu",), 1, "test"), name=str, depends_on=lambda t: ("missing",))
+
+
+# ------------------------------------------------------- re-audit on settings (issue 15)
+
+SAMPLE_AUDIT = REPO / "reports" / "digits" / "data" / "runs" / "natural" / "audit.json"
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({}, None),
+    ({"n": 1000}, None),          # asked for more than the split holds: the stored audit used all of it
+    ({"n": 200}, "n 359 -> 200"),
+    ({"seed": 1}, "seed 0 -> 1"),
+    ({"square_queries": 100}, "square queries 5000 -> 100"),
+    ({"eps": 0.1}, "eps"),
+    ({"norm": "l2"}, "norm"),
+])
+def test_stored_audit_is_redone_only_when_its_settings_differ(change: dict, reason: str | None) -> None:
+    audit = json.loads(SAMPLE_AUDIT.read_text())
+    asked = {"n": audit["n"], "seed": 0, "square_queries": 5000, "eps": audit["threat"]["eps"], "norm": "linf", **change}
+    why = audit_settings_differ(audit, {"eps": asked["eps"], "norm": asked["norm"]}, asked["n"], asked["seed"],
+                                asked["square_queries"], heldout_size=lambda: audit["n"])
+    assert why == reason if reason is None else reason in why
+
+
+def test_an_audit_config_object_takes_precedence() -> None:
+    audit = json.loads(SAMPLE_AUDIT.read_text())
+    audit["config"] = {"n": 1000, "seed": 0, "square_queries": 300}
+    same = audit_settings_differ(audit, audit["threat"], 1000, 0, 300, heldout_size=lambda: 359)
+    assert same is None
+    assert "n 1000 -> 359" in audit_settings_differ(audit, audit["threat"], 359, 0, 300, heldout_size=lambda: 359)
+
+
+def test_audit_sweep_reaudits_on_changed_settings_not_on_file_times(tmp_path: Path) -> None:
+    sweep = tmp_path / "s"
+    run_sweep(sweep, temps=[1.0], methods=["pgd-at"], dataset="digits", device="cpu", settings=TINY)
+    quick = dict(seed=0, square_queries=20, device="cpu", progress=False)
+    log: list[str] = []
+    audit_sweep(sweep, n=10, log=log.append, **quick)
+    audits = {name: sweep / "runs" / name / "audit.json" for name in ("natural", "pgd-at")}
+    assert all(p.is_file() for p in audits.values())
+    stamps = {k: p.stat().st_mtime_ns for k, p in audits.items()}
+    os.utime(sweep / "runs" / "natural" / "run.json")  # a newer run.json alone is no reason to audit again
+    log.clear()
+    audit_sweep(sweep, n=10, log=log.append, **quick)
+    assert {k: p.stat().st_mtime_ns for k, p in audits.items()} == stamps and not any("auditing again" in m for m in log)
+    audit_sweep(sweep, n=12, log=log.append, **quick)
+    assert sum("settings changed (n 10 -> 12)" in m for m in log) == 2
+    assert all(json.loads(p.read_text())["n"] == 12 for p in audits.values())
