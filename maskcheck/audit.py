@@ -426,6 +426,7 @@ def run_audit(
     ctx = AuditContext(model, x, y, num_classes=k, eps=eps, norm=norm, seed=seed, eot=eot,
                        square_queries=square_queries, progress=progress, batch_size=batch_size,
                        apgd_iters=apgd_iters)
+    ctx.run = loaded_model.run if isinstance(loaded_model, LoadedModel) else None  # run.json, for training-phase-gap
     results = []
     for check in tqdm(battery, desc="checks", unit="check", disable=not progress, leave=False):
         c0 = time.perf_counter()
@@ -467,8 +468,11 @@ def run_threat(loaded: LoadedModel, eps: float | None = None, norm: str | None =
 
 
 def _audit_run(run_dir: str, n: int, seed: int, square_queries: int, device: str, data_dir: str | None,
-               progress: bool, threads: int = 0) -> str:
-    """Audit one finished run into RUN/audit.json (a worker of `audit_sweep`); returns the verdict text."""
+               progress: bool, threads: int = 0, label: str | None = None) -> str:
+    """Audit one finished run into RUN/audit.json (a worker of `audit_sweep`); returns the verdict text.
+
+    `label` is the model path recorded in audit.json (a sweep passes the run folder relative to
+    the sweep, so committed audits name no machine's folders)."""
     from .checkpoint import load_model
     from .data import load_dataset
 
@@ -478,7 +482,7 @@ def _audit_run(run_dir: str, n: int, seed: int, square_queries: int, device: str
         die_with_parent()
         torch.set_num_threads(threads)
     loaded = load_model(run_dir, device=device)
-    loaded.extra.setdefault("path", str(run_dir))
+    loaded.extra.setdefault("path", label or str(run_dir))
     eps, norm = run_threat(loaded)
     result = run_audit(loaded, load_dataset(loaded.info.name, data_dir), eps=eps, norm=norm, n=n, seed=seed, square_queries=square_queries, device=device,
                        progress=progress)
@@ -526,18 +530,18 @@ def audit_sweep(
         elif out.is_file() and out.stat().st_mtime >= (run_dir / RUN_FILE).stat().st_mtime:
             done.append(out)
         else:
-            todo.append((job["name"], run_dir))
+            todo.append((job["name"], run_dir, job["run_dir"]))
     dev = str(device)
     data = str(data_dir) if data_dir else None
     jobs = max(1, min(jobs, len(todo)))
     if jobs == 1:
-        for name, run_dir in todo:
-            log(f"audit: {name}: {_audit_run(str(run_dir), n, seed, square_queries, dev, data, progress)}")
+        for name, run_dir, label in todo:
+            log(f"audit: {name}: {_audit_run(str(run_dir), n, seed, square_queries, dev, data, progress, label=label)}")
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs) if dev == "cpu" else 0
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(_audit_run, str(run_dir), n, seed, square_queries, dev, data, False, threads)
-                       for name, run_dir in todo}
+            futures = {name: pool.submit(_audit_run, str(run_dir), n, seed, square_queries, dev, data, False, threads, label)
+                       for name, run_dir, label in todo}
             for name, future in futures.items():
                 log(f"audit: {name}: {future.result()}")
-    return done + [run_dir / "audit.json" for _, run_dir in todo]
+    return done + [run_dir / "audit.json" for _, run_dir, _ in todo]

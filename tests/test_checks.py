@@ -14,7 +14,8 @@ from maskcheck.results import CheckResult, Severity
 
 FAST = dict(n=100, seed=0, progress=False, square_queries=300, apgd_iters=20)
 NAMES = ["one-step-vs-iterative", "black-box-gap", "loss-disagreement", "unbounded-attack", "random-sampling",
-         "distortion-sweep", "gradient-health", "logit-magnitude", "attack-convergence", "autoattack-flags"]
+         "distortion-sweep", "gradient-health", "logit-magnitude", "attack-convergence", "autoattack-flags",
+         "training-phase-gap"]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,8 @@ from maskcheck.report.render import pct
 from maskcheck.results import AuditResult, CheckResult, PlotData, Severity, Verdict
 
 CHECKS = ["one-step-vs-iterative", "black-box-gap", "loss-disagreement", "unbounded-attack", "random-sampling",
-          "distortion-sweep", "gradient-health", "logit-magnitude", "attack-convergence", "autoattack-flags"]
+          "distortion-sweep", "gradient-health", "logit-magnitude", "attack-convergence", "autoattack-flags",
+          "training-phase-gap"]
 UNKNOWN_CHECK = "future-check"
 # (name, method, temperature) of a small dd / ltd / trades sweep with its natural teacher.
 SWEEP = [("natural", "natural", None), ("trades", "trades", None)] + [
