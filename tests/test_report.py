@@ -148,7 +148,7 @@ def test_page_is_self_contained(rendered: tuple[Path, str]) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:image/png;base64,|#)""", page)
     n_images = page.count('<img src="data:image/png;base64,')
     # overview + per audited model: attack bars + gradient, logit, convergence, eps-curve, bars figures
-    assert n_images == 1 + len(SWEEP) * 6
+    assert n_images == 2 + len(SWEEP) * 6  # + the temperature curves with the paper's series (issue 17)
 
 
 def test_script_in_model_name_is_escaped(tmp_path: Path) -> None:

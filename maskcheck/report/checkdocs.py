@@ -108,7 +108,7 @@ CHECK_DOCS: dict[str, CheckDoc] = {
         "yet the audit's worst case is more than 30 pp lower (exact binomial test; thresholds ours).",
         "If the inner maximisation stops finding adversarial examples, adversarial training trains on clean points: "
         "the model looks robust to every gradient attack that shares the masked gradients and falls to stronger ones.",
-        "Chen & Lee, LTD, arXiv 2111.02331, Sec. 5.2 (\"the robust accuracy in the training phase is almost 100%\") and Table IV.",
+        "Chen & Lee, LTD, arXiv 2111.02331, Sec. 5.2 (training-phase robust accuracy almost 100% at high T) and Table IV.",
     ),
 }
 
