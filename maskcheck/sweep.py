@@ -389,9 +389,11 @@ def select_sweep_temperature(out: Path, plan: list[Job], dataset: str, settings:
             "threshold": result["threshold"], "file": "select-temperature/temperature.json"}
 
 
-# Seconds per run on 2 CPU cores for the default settings, measured (ours; benchmarks/ and the committed
-# reports' run.json train_seconds). Used only to print an estimate before a sweep starts.
-SECONDS_PER_EPOCH_CPU = {"digits": {"natural": 0.5, "adversarial": 4.0}, "mnist": {"natural": 3.0, "adversarial": 60.0}}
+# Seconds per epoch on 2 shared CPU cores at each dataset's default settings, from the committed
+# reports' run.json train_seconds (digits: trades/ltd 12-14 s for 8 epochs, natural 3.9 s; MNIST:
+# trades/ltd 500-720 s for 5 epochs, natural 101 s, both including the per-epoch held-out PGD).
+# Ours; used only to print an estimate before a sweep starts.
+SECONDS_PER_EPOCH_CPU = {"digits": {"natural": 0.5, "adversarial": 1.7}, "mnist": {"natural": 20.0, "adversarial": 120.0}}
 
 
 def estimate_cost(plan: list[Job], dataset: str, settings: Mapping[str, Any]) -> str:
