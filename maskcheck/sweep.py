@@ -382,8 +382,12 @@ def select_sweep_temperature(out: Path, plan: list[Job], dataset: str, settings:
     natural = next(j for j in plan if j.method == "natural" and j.seed == first)
     step2 = {j.temperature: out / j.run_dir for j in ltd if checkpoint.is_complete_run(out / j.run_dir)}
     seed = 0 if first is None else first
-    result = select_temperature(out / "select-temperature", dataset=dataset, temps=sorted(step2), teacher_dir=out / natural.run_dir,
-                                device=device, seed=seed, data_dir=data_dir, settings=settings, step2_dirs=step2, log=log)
+    try:
+        result = select_temperature(out / "select-temperature", dataset=dataset, temps=sorted(step2), teacher_dir=out / natural.run_dir,
+                                    device=device, seed=seed, data_dir=data_dir, settings=settings, step2_dirs=step2, log=log)
+    except InputError as exc:  # e.g. no T passes step 1: a finding to record, not a reason to drop the sweep's audits
+        log(f"temperature search: {exc}")
+        return {"temperature": None, "error": str(exc)}
     log(f"selected temperature: T = {result['chosen_temperature']:g} (upper bound {result['upper_bound']:g})")
     return {"temperature": result["chosen_temperature"], "upper_bound": result["upper_bound"],
             "threshold": result["threshold"], "file": "select-temperature/temperature.json"}

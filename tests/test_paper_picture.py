@@ -139,3 +139,31 @@ def test_bad_arm_names(bad: str) -> None:
 def test_bad_seeds(bad: str) -> None:
     with pytest.raises(InputError, match="--seeds"):
         parse_seeds(bad)
+
+
+@pytest.mark.slow
+def test_sweep_with_seeds_converged_teacher_and_search(tmp_path: Path) -> None:
+    from maskcheck.sweep import run_sweep
+
+    settings = {**TINY, "max_train": 300}
+    manifest = run_sweep(tmp_path, temps=[1.0, 20.0], methods=["ltd"], seeds=[0, 1], arms=[parse_arm("ltd-T1-innerkl")],
+                         teacher_acc=0.3, teacher_epochs=3, select=True, settings=settings, device="cpu")
+    on_disk = json.loads((tmp_path / "sweep.json").read_text())
+    assert on_disk["teachers"] == manifest["teachers"] and set(on_disk["teachers"]) == {"natural-s0", "natural-s1"}
+    for name, facts in on_disk["teachers"].items():
+        run = json.loads((tmp_path / "runs" / name.replace("natural-", "") / "natural" / "run.json").read_text())
+        assert facts["epochs"] == run["epochs"] and facts["converged"] == (facts["train_acc"] >= 0.3)
+        student = json.loads((tmp_path / "runs" / name.replace("natural-", "") / "ltd-T20" / "run.json").read_text())
+        assert student["teacher"] == name and student["teacher_info"]["train_acc"] == facts["train_acc"]
+        assert student["seed"] == int(name[-1])
+    sel = on_disk["selected_temperature"]
+    if sel["temperature"] is not None:  # a tiny teacher may leave no T above step 1's threshold: recorded, not fatal
+        result = json.loads((tmp_path / sel["file"]).read_text())
+        assert sel["temperature"] == result["chosen_temperature"] in (1.0, 20.0)
+        assert not Path(result["teacher"]).is_absolute() and all(not Path(r["run"]).is_absolute() for r in result["step2"])
+    else:
+        assert "step 1" in sel["error"]
+    # rerun: everything finished, nothing retrained, the facts kept
+    again = run_sweep(tmp_path, temps=[1.0, 20.0], methods=["ltd"], seeds=[0, 1], arms=[parse_arm("ltd-T1-innerkl")],
+                      teacher_acc=0.3, teacher_epochs=3, select=False, settings=settings, device="cpu")
+    assert again["teachers"] == manifest["teachers"]
