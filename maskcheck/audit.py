@@ -426,6 +426,7 @@ def run_audit(
     ctx = AuditContext(model, x, y, num_classes=k, eps=eps, norm=norm, seed=seed, eot=eot,
                        square_queries=square_queries, progress=progress, batch_size=batch_size,
                        apgd_iters=apgd_iters)
+    ctx.run = loaded_model.run if isinstance(loaded_model, LoadedModel) else None  # run.json, for training-phase-gap
     results = []
     for check in tqdm(battery, desc="checks", unit="check", disable=not progress, leave=False):
         c0 = time.perf_counter()

@@ -79,6 +79,7 @@ def train_cmd(
     attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="PGD steps of the inner maximisation."),
     attack_step_size: Optional[str] = typer.Option(None, "--attack-step-size"),
     beta: Optional[float] = typer.Option(None, "--beta", help="TRADES / LTD robustness weight (default 6)."),
+    inner: Optional[str] = typer.Option(None, "--inner", help="trades/ltd inner attack loss: ce or kl (default: trades kl, ltd ce)."),
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Train on the first N training points only."),
     preset: Optional[str] = typer.Option(None, "--preset", help="paper: the LTD paper's CIFAR-10 recipe."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<name>)."),
@@ -93,7 +94,7 @@ def train_cmd(
 
     settings = _train_settings(arch=arch, epochs=epochs, eps=eps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                weight_decay=weight_decay, attack_steps=attack_steps, attack_step_size=attack_step_size,
-                               beta=beta, max_train=max_train, tau=tau, awp=awp)
+                               beta=beta, max_train=max_train, tau=tau, awp=awp, inner=inner)
     cfg = make_config(method, dataset, preset=preset, temperature=temperature, seed=seed, **settings)
     run_dir = out or Path("runs") / f"{dataset}-{cfg.name}"
     record = train_run(cfg, run_dir, device=device, teacher_dir=teacher, data_dir=data_dir, progress=progress, log=info,
@@ -105,8 +106,13 @@ def train_cmd(
 
 @app.command("train-sweep")
 def train_sweep_cmd(
-    temps: str = typer.Option("1,2,5,10,15,20", "--temps", help="Comma-separated positive temperatures."),
+    temps: str = typer.Option("1,2,5,10,15,20", "--temps", help="Comma-separated positive temperatures, or 'paper' (1,2,3,5,8,10,12,15,20: LTD Table IV)."),
     methods: str = typer.Option("dd,trades,ltd", "--methods", help="Subset of dd,trades,ltd,rslad,pgd-at."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Train every job per seed, e.g. 0,1,2 (runs/s<seed>/<name>, names <name>-s<seed>; one natural teacher per seed). Overrides --seed."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Reference/ablation arms, each its own report row: trades-beta1, trades-innerce, ltd-innerkl (every T) or ltd-T5-innerkl."),
+    teacher_acc: Optional[float] = typer.Option(None, "--teacher-acc", help="Train the natural teacher until its training accuracy reaches this (e.g. 0.995)."),
+    teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="Epoch cap of the --teacher-acc teacher (default 40)."),
+    select_temperature: bool = typer.Option(False, "--select-temperature", help="After training, run LTD's Sec. 4.2 temperature search with the sweep's teacher and mark the chosen T."),
     dataset: str = typer.Option("digits", "--dataset"),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<dataset>)."),
     jobs: int = typer.Option(1, "--jobs", help="Parallel worker processes for training and audits (capped by tasks, cores and 4 per GPU; the plan is logged)."),
@@ -132,10 +138,12 @@ def train_sweep_cmd(
 ) -> None:
     """Train natural, dd, trades and ltd over a temperature sweep, audit them and render the report; rerun to resume."""
     from .config import parse_name_list, parse_temps
-    from .sweep import SWEEP_METHODS, hold_sweep_lock, run_sweep
+    from .sweep import SWEEP_METHODS, hold_sweep_lock, parse_arms, parse_seeds, run_sweep
     from .training import PRESETS
 
     temp_list = parse_temps(temps)
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    arm_list = parse_arms(arms)
     method_list = parse_name_list(methods, SWEEP_METHODS, "--methods")
     if audit_n <= 0:
         raise MaskcheckError(f"--audit-n must be a positive number of points; got {audit_n}.")
@@ -148,7 +156,9 @@ def train_sweep_cmd(
     sweep_dir = out or Path("runs") / f"sweep-{dataset}"
     hold_sweep_lock(sweep_dir)  # for training, audits and report; released when this process exits
     run_sweep(sweep_dir, temps=temp_list, methods=method_list, dataset=dataset, seed=seed, device=device, jobs=jobs,
-              settings=settings, data_dir=data_dir, progress=progress, log=info, compile=compile_model)
+              settings=settings, data_dir=data_dir, progress=progress, log=info, compile=compile_model,
+              seeds=seed_list, arms=arm_list, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs,
+              select=select_temperature)
     typer.echo(f"{sweep_dir / 'sweep.json'}")
     if audit:
         from .sweep import audit_sweep

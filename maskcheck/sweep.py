@@ -30,9 +30,10 @@ import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -41,7 +42,7 @@ from .config import format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
 from .audit import DEFAULT_SQUARE_QUERIES
-from .training import LAST_CKPT, make_config, train_run
+from .training import DATASET_DEFAULTS, LAST_CKPT, make_config, train_run
 
 SWEEP_FILE = "sweep.json"
 SWEEP_SCHEMA_VERSION = 1
@@ -51,7 +52,12 @@ DEFAULT_METHODS = ("dd", "trades", "ltd")
 
 @dataclass(frozen=True)
 class Job:
-    """One run of the sweep. `teacher` and `depends_on` name other jobs of the same sweep."""
+    """One run of the sweep. `teacher` and `depends_on` name other jobs of the same sweep.
+
+    `seed` is the run's seed (None: the sweep's); `group` is the name shared by the same job over
+    seeds (`ltd-T5` for `ltd-T5-s0`, `ltd-T5-s1`, ...); `variant` names an ablation or reference
+    arm (`beta1`, `innerkl`) and `overrides` its TrainConfig settings.
+    """
 
     name: str
     method: str
@@ -59,10 +65,15 @@ class Job:
     teacher: str | None
     run_dir: str  # relative to the sweep folder
     depends_on: tuple[str, ...] = ()
+    seed: int | None = None
+    group: str | None = None
+    variant: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["depends_on"] = list(self.depends_on)
+        d["overrides"] = dict(self.overrides)
         return d
 
 
@@ -70,13 +81,82 @@ def _job(name: str, method: str, temperature: float | None = None, teacher: str 
     return Job(name, method, temperature, teacher, f"runs/{name}", (teacher,) if teacher else ())
 
 
-def plan_jobs(temps: Iterable[float], methods: Iterable[str] = DEFAULT_METHODS) -> list[Job]:
-    """The sweep's jobs in an order where every teacher comes before its students."""
-    temps, methods = list(temps), list(methods)
+# Reference-recipe arms and ablations (issue 17), selectable with `train-sweep --arms`: a name is
+# `<method>[-T<t>]-<change>`; an ltd arm without -T<t> is trained at every temperature of the sweep.
+#   trades-beta1     the TRADES authors' MNIST script (yaodongyu/TRADES train_trades_mnist.py: beta 1.0)
+#   trades-innerce   TRADES with LTD's inner attack (PGD-CE on the hard label)
+#   ltd-innerkl      LTD with TRADES' inner attack (KL to the clean prediction); ltd-T5-innerkl: at T = 5 only
+ARM_PATTERN = re.compile(r"^(trades|ltd)(?:-T([0-9]+(?:\.[0-9]+)?))?-(beta([0-9]+(?:\.[0-9]+)?)|inner(ce|kl))$")
+ARM_EXAMPLES = "trades-beta1, trades-innerce, ltd-innerkl, ltd-T5-innerkl"
+
+
+@dataclass(frozen=True)
+class Arm:
+    method: str
+    temperature: float | None  # ltd: one T, or None for every T of the sweep
+    variant: str  # "beta1", "innerce", ...
+    overrides: tuple[tuple[str, Any], ...]
+
+
+def parse_arm(text: str) -> Arm:
+    """`trades-beta1` -> Arm("trades", None, "beta1", (("beta", 1.0),)); bad names are one-line InputErrors."""
+    m = ARM_PATTERN.match(text.strip())
+    if not m:
+        raise InputError(f"unknown arm {text!r}; an arm is <trades|ltd>[-T<t>]-<beta<x>|innerce|innerkl>, e.g. {ARM_EXAMPLES}.")
+    method, temp, variant, beta, inner = m.groups()
+    if temp is not None and method != "ltd":
+        raise InputError(f"arm {text!r}: only ltd arms take a temperature (-T<t>).")
+    overrides = (("beta", float(beta)),) if beta is not None else (("inner", inner),)
+    return Arm(method, float(temp) if temp is not None else None, variant, overrides)
+
+
+def parse_arms(text: str | None) -> list[Arm]:
+    return [parse_arm(p) for p in str(text or "").split(",") if p.strip()]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` -> [0, 1, 2]: non-negative integers, no repeats."""
+    try:
+        seeds = [int(p) for p in str(text).split(",")]
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated non-negative integers such as 0,1,2; got {text!r}.") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds must be distinct non-negative integers such as 0,1,2; got {text!r}.")
+    return seeds
+
+
+def plan_jobs(temps: Iterable[float], methods: Iterable[str] = DEFAULT_METHODS, *, seeds: Iterable[int] | None = None,
+              arms: Iterable[Arm] = (), teacher: Mapping[str, Any] | None = None) -> list[Job]:
+    """The sweep's jobs in an order where every teacher comes before its students.
+
+    `seeds`: None (one seed, the historical layout `runs/<name>`) or a list; with a list every job
+    is trained once per seed as `<name>-s<seed>` in `runs/s<seed>/<name>`, each seed with its own
+    natural teacher. `arms`: extra reference / ablation jobs (`parse_arm`). `teacher`: TrainConfig
+    overrides of the natural job, e.g. {"stop_train_acc": 0.995, "epochs": 40} (converged teacher).
+    """
+    temps, methods, arms = list(temps), list(methods), list(arms)
     unknown = [m for m in methods if m not in SWEEP_METHODS]
     if unknown:
         raise InputError(f"unknown sweep method(s) {', '.join(unknown)}; valid: {', '.join(SWEEP_METHODS)}.")
-    jobs = [_job("natural", "natural")]
+    base = plan_base(temps, methods, arms, teacher)
+    if seeds is None:
+        return base
+    jobs = []
+    for seed in seeds:
+        suffix, folder = f"-s{seed}", f"runs/s{seed}"
+        for j in base:
+            jobs.append(Job(j.name + suffix, j.method, j.temperature, j.teacher and j.teacher + suffix,
+                            f"{folder}/{j.name}", tuple(d + suffix for d in j.depends_on), seed, j.name, j.variant,
+                            j.overrides))
+    return jobs
+
+
+def plan_base(temps: list[float], methods: list[str], arms: list[Arm], teacher: Mapping[str, Any] | None) -> list[Job]:
+    """One seed's jobs (names without a seed suffix)."""
+    natural = _job("natural", "natural")
+    if teacher:
+        natural = replace(natural, overrides=tuple(sorted(teacher.items())))
+    jobs = [natural]
     if "dd" in methods:
         for t in temps:
             tag = format_temperature(t)
@@ -89,11 +169,22 @@ def plan_jobs(temps: Iterable[float], methods: Iterable[str] = DEFAULT_METHODS) 
         jobs.append(_job("rslad", "rslad", teacher="trades"))
     if "pgd-at" in methods:
         jobs.append(_job("pgd-at", "pgd-at"))
+    for arm in arms:
+        if arm.method == "trades":
+            jobs.append(replace(_job(f"trades-{arm.variant}", "trades"), variant=arm.variant, overrides=arm.overrides))
+        else:
+            for t in ([arm.temperature] if arm.temperature is not None else temps):
+                name = f"ltd-T{format_temperature(t)}-{arm.variant}"
+                jobs.append(replace(_job(name, "ltd", t, teacher="natural"), variant=arm.variant, overrides=arm.overrides))
+    names = [j.name for j in jobs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"the sweep plans {', '.join(dupes)} twice; give each arm once.")
     return jobs
 
 
 def _manifest(jobs: list[Job], dataset: str, temps: list[float], methods: list[str], seed: int,
-              settings: dict[str, Any], device: str) -> dict[str, Any]:
+              settings: dict[str, Any], device: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     probe = make_config("natural", dataset, seed=seed, **settings)
     return {
         "schema_version": SWEEP_SCHEMA_VERSION,
@@ -107,13 +198,14 @@ def _manifest(jobs: list[Job], dataset: str, temps: list[float], methods: list[s
         "eps": probe.eps,
         "norm": probe.norm,
         "settings": settings,
+        **dict(options or {}),
         "jobs": [j.to_dict() for j in jobs],
     }
 
 
 def _check_compatible(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
     """A sweep folder holds one experiment: refuse a rerun with other data, model, seed or settings."""
-    for key in ("dataset", "arch", "seed", "eps", "norm", "settings"):
+    for key in ("dataset", "arch", "seed", "eps", "norm", "settings", "seeds", "teacher"):
         if old.get(key) != new.get(key):
             raise InputError(f"{path} was planned with {key}={old.get(key)!r}, not {new.get(key)!r}; "
                              "use another --out or the original settings.")
@@ -306,10 +398,19 @@ def execute_job(job: Job, sweep_dir: str, dataset: str, seed: int, settings: dic
                 data_dir: str | None, progress: bool, compile: bool = False) -> dict[str, Any]:
     """Train one job (top-level so a spawned worker can run it); returns its run.json record."""
     run_dir = Path(sweep_dir) / job.run_dir
-    cfg = make_config(job.method, dataset, name=job.name, temperature=job.temperature, seed=seed, **settings)
-    teacher_dir = Path(sweep_dir) / "runs" / job.teacher if job.teacher else None
+    cfg = make_config(job.method, dataset, name=job.name, temperature=job.temperature,
+                      seed=seed if job.seed is None else job.seed, **{**settings, **dict(job.overrides)})
+    teacher_dir = Path(sweep_dir) / _teacher_dir(job) if job.teacher else None
     return train_run(cfg, run_dir, device=device, teacher_dir=teacher_dir, data_dir=data_dir, progress=progress,
                      compile=compile)
+
+
+def _teacher_dir(job: Job) -> str:
+    """The teacher's run folder, relative to the sweep: beside the student (`runs/` or `runs/s<seed>/`)."""
+    folder = job.run_dir.rsplit("/", 1)[0]
+    name = job.teacher.removesuffix(f"-s{job.seed}") if job.group is not None else job.teacher
+    return f"{folder}/{name}"
+
 
 
 LOCK_FILE = ".maskcheck-sweep.lock"
@@ -369,29 +470,54 @@ def run_sweep(
     progress: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
     compile: bool = False,
+    seeds: list[int] | None = None,
+    arms: Iterable[Arm] = (),
+    teacher_acc: float | None = None,
+    teacher_epochs: int | None = None,
+    select: bool = False,
 ) -> dict[str, Any]:
     """Plan, write SWEEP/sweep.json, train every unfinished job; returns the manifest.
 
     `settings` are TrainConfig overrides shared by every job (epochs, eps, lr, arch, ...).
     `compile`: train with torch.compile (speed only; not part of the sweep's identity).
+    `seeds`: train every job once per seed (see `plan_jobs`); `arms`: reference / ablation jobs.
+    `teacher_acc`: train the natural teacher until its eval-mode training accuracy reaches this,
+    for at most `teacher_epochs` epochs (default TEACHER_EPOCH_CAP); its facts are recorded in
+    sweep.json (`teachers`) and in every student's run.json (`teacher_info`).
+    `select`: after training, run the paper's Sec. 4.2 temperature search (temperature.py) with
+    the first seed's teacher, reusing the sweep's own ltd runs as the step-2 probes; the result is
+    `selected_temperature` in sweep.json.
     """
     out = Path(out)
     # JSON round trip: the manifest stores settings as JSON, so compare them in that form on rerun
     settings = json.loads(json.dumps({k: v for k, v in (settings or {}).items() if v is not None}))
     methods = list(dict.fromkeys(methods))
+    arms = list(arms)
     if jobs < 1:
         raise InputError(f"--jobs must be a positive number of worker processes; got {jobs}.")
+    if select and "ltd" not in methods:
+        raise InputError("--select-temperature searches LTD's teacher temperature; add ltd to --methods.")
+    teacher = teacher_settings(teacher_acc, teacher_epochs)
+    if seeds is not None:
+        seeds = list(seeds)
+        seed = seeds[0]
     hold_sweep_lock(out)  # before anything touches the folder (stale temp files are removed below)
-    plan = plan_jobs(temps, methods)
-    manifest = _manifest(plan, dataset, list(temps), methods, seed, settings, device)
+    plan = plan_jobs(temps, methods, seeds=seeds, arms=arms, teacher=teacher)
+    options = {"seeds": seeds, "teacher": teacher, "arms": [f"{a.method}{'' if a.temperature is None else f'-T{format_temperature(a.temperature)}'}-{a.variant}" for a in arms],
+               "select_temperature": select}
+    manifest = _manifest(plan, dataset, list(temps), methods, seed, settings, device, options)
     path = out / SWEEP_FILE
     if path.is_file():
         old = read_json(path, "sweep manifest")
         _check_compatible(old, manifest, path)
         known = {j["name"] for j in manifest["jobs"]}
         manifest["jobs"] = [j for j in old.get("jobs", []) if j["name"] not in known] + manifest["jobs"]
+        for key in ("teachers", "selected_temperature"):
+            if key in old:
+                manifest[key] = old[key]
     remove_stale_temp_files(out)
     atomic_write_json(path, manifest)
+    log(f"estimated cost: {estimate_cost(plan, dataset, settings)}")
     todo = [j for j in plan if not checkpoint.is_complete_run(out / j.run_dir)]
     for j in plan:
         if j not in todo:
@@ -403,13 +529,91 @@ def run_sweep(
         log(f"training: {plan_.describe()}")
     tasks = [_TrainTask(j, str(out), dataset, seed, settings, str(data_dir) if data_dir else None,
                         progress and plan_.workers == 1, compile) for j in todo]
+    run_dirs = {j.name: j.run_dir for j in plan}  # seed folders: a teacher is not always runs/<name>
     started = time.perf_counter()
     run_pool(tasks, _train_task, plan_, name=lambda t: t.job.name, depends_on=lambda t: t.job.depends_on,
-             ready_elsewhere=lambda d: checkpoint.is_complete_run(out / "runs" / d),
+             ready_elsewhere=lambda d: d in run_dirs and checkpoint.is_complete_run(out / run_dirs[d]),
              on_start=lambda t, dev: log(f"{t.job.name}: training" + (f" on {dev}" if plan_.workers > 1 else "")),
              on_done=lambda t, _r: log(f"{t.job.name}: done"))
     log(f"sweep finished in {time.perf_counter() - started:.1f} s ({len(todo)} trained, {len(plan) - len(todo)} skipped)")
+    manifest["teachers"] = teacher_facts(out, plan)
+    if select:
+        manifest["selected_temperature"] = select_sweep_temperature(out, plan, dataset, settings, device, data_dir, log)
+    atomic_write_json(path, manifest)
     return manifest
+
+
+TEACHER_EPOCH_CAP = 40  # ours: digits and MNIST natural teachers reach 99.5% training accuracy well before
+
+
+def teacher_settings(target: float | None, cap: int | None) -> dict[str, Any] | None:
+    """TrainConfig overrides of the natural job for a converged teacher; None keeps the plain natural run."""
+    if target is None:
+        if cap is not None:
+            raise InputError("--teacher-epochs caps a converged teacher; give --teacher-acc too (e.g. 0.995).")
+        return None
+    if not 0 < target <= 1:
+        raise InputError(f"--teacher-acc must be a training accuracy in (0, 1], e.g. 0.995; got {target}.")
+    if cap is not None and cap < 1:
+        raise InputError(f"--teacher-epochs must be a positive number of epochs; got {cap}.")
+    return {"stop_train_acc": float(target), "epochs": int(cap or TEACHER_EPOCH_CAP)}
+
+
+def teacher_facts(out: Path, plan: list[Job]) -> dict[str, Any]:
+    """Per natural teacher of the sweep: epochs trained, eval-mode training accuracy, held-out accuracy."""
+    facts = {}
+    for j in plan:
+        if j.method != "natural" or not checkpoint.is_complete_run(out / j.run_dir):
+            continue
+        run = read_json(out / j.run_dir / "run.json", "run.json")
+        m = run.get("metrics", {})
+        facts[j.name] = {"epochs": run.get("epochs"), "train_acc": m.get("train_acc_eval", (m.get("history") or [{}])[-1].get("train_acc")),
+                         "train_acc_measure": "eval" if "train_acc_eval" in m else "running", "converged": m.get("converged"),
+                         "clean_acc": m.get("clean_acc"), "target": run.get("config", {}).get("stop_train_acc")}
+    return facts
+
+
+def select_sweep_temperature(out: Path, plan: list[Job], dataset: str, settings: dict[str, Any], device: str,
+                             data_dir: str | Path | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """The paper's two-step search (temperature.py) on the first seed, reusing the sweep's ltd runs for step 2."""
+    from .temperature import select_temperature
+
+    first = plan[0].seed
+    ltd = [j for j in plan if j.method == "ltd" and j.variant is None and j.seed == first]
+    natural = next(j for j in plan if j.method == "natural" and j.seed == first)
+    step2 = {j.temperature: out / j.run_dir for j in ltd if checkpoint.is_complete_run(out / j.run_dir)}
+    seed = 0 if first is None else first
+    try:
+        result = select_temperature(out / "select-temperature", dataset=dataset, temps=sorted(step2), teacher_dir=out / natural.run_dir,
+                                    device=device, seed=seed, data_dir=data_dir, settings=settings, step2_dirs=step2, log=log)
+    except InputError as exc:  # e.g. no T passes step 1: a finding to record, not a reason to drop the sweep's audits
+        log(f"temperature search: {exc}")
+        return {"temperature": None, "error": str(exc)}
+    log(f"selected temperature: T = {result['chosen_temperature']:g} (upper bound {result['upper_bound']:g})")
+    return {"temperature": result["chosen_temperature"], "upper_bound": result["upper_bound"],
+            "threshold": result["threshold"], "file": "select-temperature/temperature.json"}
+
+
+# Seconds per epoch on 2 shared CPU cores at each dataset's default settings, from the committed
+# reports' run.json train_seconds (digits: trades/ltd 12-14 s for 8 epochs, natural 3.9 s; MNIST:
+# trades/ltd 500-720 s for 5 epochs, natural 101 s, both including the per-epoch held-out PGD).
+# Ours; used only to print an estimate before a sweep starts.
+SECONDS_PER_EPOCH_CPU = {"digits": {"natural": 0.5, "adversarial": 1.7}, "mnist": {"natural": 20.0, "adversarial": 120.0}}
+
+
+def estimate_cost(plan: list[Job], dataset: str, settings: Mapping[str, Any]) -> str:
+    """A rough CPU estimate of the training time (no audit), from SECONDS_PER_EPOCH_CPU."""
+    rates = SECONDS_PER_EPOCH_CPU.get(dataset)
+    if rates is None:
+        return f"{len(plan)} runs (no CPU estimate for {dataset})"
+    total = 0.0
+    for j in plan:
+        cfg = make_config(j.method, dataset, temperature=j.temperature, **{**settings, **dict(j.overrides)})
+        frac = 1.0 if cfg.max_train is None else min(1.0, cfg.max_train / {"digits": 1438, "mnist": 8000}[dataset])
+        kind = "adversarial" if j.method in ("trades", "ltd", "pgd-at", "rslad") else "natural"
+        total += rates[kind] * cfg.epochs * frac * (cfg.attack_steps / DATASET_DEFAULTS[dataset]["attack_steps"] if kind == "adversarial" else 1)
+    return f"{len(plan)} runs, about {total / 60:.0f} min of training on 2 CPU cores (ours; audits extra)"
+
 
 
 # -------------------------------------------------------------------------- audits
@@ -455,6 +659,7 @@ class _AuditTask:
     square_queries: int
     data_dir: str | None
     progress: bool
+    label: str | None = None  # the model path audit.json records: the run folder relative to the sweep
 
 
 def _audit_task(task: _AuditTask, device: str) -> str:
@@ -464,7 +669,7 @@ def _audit_task(task: _AuditTask, device: str) -> str:
     from .data import load_dataset
 
     loaded = load_model(task.run_dir, device=device)
-    loaded.extra.setdefault("path", str(task.run_dir))
+    loaded.extra.setdefault("path", task.label or str(task.run_dir))  # relative: committed audits name no machine's folders
     eps, norm = run_threat(loaded)
     result = run_audit(loaded, load_dataset(loaded.info.name, task.data_dir), eps=eps, norm=norm, n=task.n, seed=task.seed,
                        square_queries=task.square_queries, device=device, progress=task.progress)
@@ -525,7 +730,8 @@ def audit_sweep(
                 done.append(out)
                 continue
             log(f"audit: {job['name']}: settings changed ({why}); auditing again")
-        todo.append(_AuditTask(job["name"], str(run_dir), n, seed, square_queries, str(data_dir) if data_dir else None, progress))
+        todo.append(_AuditTask(job["name"], str(run_dir), n, seed, square_queries, str(data_dir) if data_dir else None, progress,
+                               label=job["run_dir"]))
     plan = plan_workers(jobs, sweep_devices(device), len(todo), os.cpu_count() or 1)
     if todo:
         log(f"audit: {plan.describe()}")

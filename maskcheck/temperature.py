@@ -13,8 +13,9 @@ Every probe is an ordinary run folder under OUT, so an interrupted search resume
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -36,6 +37,11 @@ def _trained(out: Path, cfg: Any, teacher_dir: Path | None, device: str, data_di
         log(f"{cfg.name}: training")
         train_run(cfg, run_dir, device=device, teacher_dir=teacher_dir, data_dir=data_dir, progress=False)
     return run_dir
+
+
+def _relative(path: Path, start: Path) -> str:
+    """`path` relative to `start` (POSIX separators), so committed JSON names no machine's folders."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
 
 
 @torch.no_grad()
@@ -66,11 +72,19 @@ def select_temperature(
     seed: int = 0,
     data_dir: str | Path | None = None,
     log: Callable[[str], None] = lambda _m: None,
+    settings: Mapping[str, Any] | None = None,
+    step2_dirs: Mapping[float, str | Path] | None = None,
 ) -> dict[str, Any]:
-    """Run both steps; writes OUT/temperature.json and returns it (with `path`)."""
+    """Run both steps; writes OUT/temperature.json and returns it (with `path`).
+
+    `settings`: TrainConfig overrides for every substitute and probe (a sweep passes its own, so the
+    probes are trained like its runs). `step2_dirs`: finished LTD runs per candidate T to use as the
+    step-2 probes instead of training new ones (a sweep's own `ltd-T*` runs: same settings, no cost).
+    Paths in temperature.json are relative to OUT, so the file can be committed.
+    """
     out = Path(out)
     temps = sorted(temps)
-    common = dict(seed=seed, epochs=epochs, max_train=max_train)
+    common = {**dict(settings or {}), **{k: v for k, v in dict(seed=seed, epochs=epochs, max_train=max_train).items() if v is not None}}
     if teacher_dir is None:
         teacher_dir = _trained(out, make_config("natural", dataset, name="teacher", **common), None, device, data_dir, log)
     dev = resolve_device(device)
@@ -84,7 +98,8 @@ def select_temperature(
 
     step1 = []
     for t in temps:
-        cfg = make_config("ltd", dataset, name=f"substitute-T{format_temperature(t)}", temperature=t, beta=0.0, **common)
+        cfg = make_config("ltd", dataset, **{**common, "name": f"substitute-T{format_temperature(t)}", "temperature": t, "beta": 0.0,
+                                             "inner": None})
         rec = checkpoint.load_run(_trained(out / "step1", cfg, Path(teacher_dir), device, data_dir, log)).run
         step1.append({"temperature": t, "clean_acc": rec["metrics"]["clean_acc"]})
     passing = []
@@ -99,15 +114,23 @@ def select_temperature(
 
     step2 = []
     for t in passing:
-        cfg = make_config("ltd", dataset, temperature=t, **common)
-        loaded = checkpoint.load_run(_trained(out / "step2", cfg, Path(teacher_dir), device, data_dir, log), dev)
-        obj = ltd_objective(loaded.model, teacher, x, y, t, cfg.beta, cfg.eps, cfg.attack_steps, seed)
+        cfg = make_config("ltd", dataset, **{**common, "temperature": t})
+        if step2_dirs is not None and t in step2_dirs:
+            probe_dir = Path(step2_dirs[t])
+            if not checkpoint.is_complete_run(probe_dir):
+                raise InputError(f"{probe_dir} is not a finished run; train it before the temperature search.")
+        else:
+            probe_dir = _trained(out / "step2", cfg, Path(teacher_dir), device, data_dir, log)
+        loaded = checkpoint.load_run(probe_dir, dev)
+        rc = loaded.run["config"]  # the probe's own settings (a sweep run's may differ from `common`)
+        obj = ltd_objective(loaded.model, teacher, x, y, t, rc["beta"], rc["eps"], rc["attack_steps"], seed)
         m = loaded.run["metrics"]
-        step2.append({"temperature": t, "ltd_objective": obj, "clean_acc": m["clean_acc"], "pgd_acc": m["pgd_acc"]})
+        step2.append({"temperature": t, "ltd_objective": obj, "clean_acc": m["clean_acc"], "pgd_acc": m["pgd_acc"],
+                      "run": _relative(probe_dir, out)})
     chosen = min(step2, key=lambda r: r["ltd_objective"])["temperature"]
     result = {
         "schema_version": 1, "kind": "temperature-selection", **provenance(dev, seed), "dataset": dataset,
-        "teacher": str(teacher_dir), "teacher_clean_acc": teacher_acc, "threshold": threshold,
+        "teacher": _relative(Path(teacher_dir), out), "teacher_clean_acc": teacher_acc, "threshold": threshold,
         "step1": step1, "upper_bound": upper, "step2": step2, "chosen_temperature": chosen,
     }
     path = atomic_write_json(out / RESULT_FILE, result)

@@ -44,10 +44,12 @@ from .data import ImageTensorDataset, get_info, load_dataset
 from .errors import InputError
 from .fileio import atomic_write
 from .methods import AWP, AWP_DEFAULTS, AWP_METHODS, METHODS, StepContext, build_method
-from .methods.base import Method
+from .methods.base import ADV_LOGITS, Method
 from .models import build_model
 
 LAST_CKPT = "last.ckpt"
+INNER_LOSSES = ("ce", "kl")  # --inner: the loss of the inner maximisation (trades, ltd ablations)
+INNER_METHODS = ("trades", "ltd")
 
 # ------------------------------------------------------------------------ defaults
 # One table of per-dataset defaults; every entry can be overridden (CLI flags, `overrides=`).
@@ -104,6 +106,7 @@ class TrainConfig:
     eval_n: int = 1000  # held-out points attacked after each epoch (progress only)
     final_eval_n: int = 2000  # held-out points attacked for the recorded metrics.pgd_acc
     beta: float = 6.0
+    inner: str | None = None  # trades/ltd inner attack loss: "ce" | "kl"; None = the method's own (trades kl, ltd ce)
     temperature: float | None = None  # distillation temperature T (dd, ltd)
     tau: float = 1.0  # ltd's fixed student temperature, inside forward at train and test
     awp: bool = False
@@ -111,6 +114,9 @@ class TrainConfig:
     awp_warmup: int | None = None
     seed: int = 0
     max_train: int | None = None  # train on the first N training points only (quick runs, tests)
+    # Stop early once the eval-mode accuracy on the training set reaches this (converged teachers,
+    # issue 17); `epochs` is then the cap. None = always train `epochs` epochs.
+    stop_train_acc: float | None = None
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -129,6 +135,11 @@ class TrainConfig:
             raise InputError(f"--awp works with {', '.join(AWP_METHODS)}; not with {self.method}.")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"--epochs and --batch-size must be positive; got {self.epochs} and {self.batch_size}.")
+        if self.inner is not None and (self.inner not in INNER_LOSSES or self.method not in INNER_METHODS):
+            raise InputError(f"--inner takes {' or '.join(INNER_LOSSES)} for {', '.join(INNER_METHODS)}; "
+                             f"got {self.inner!r} for {self.method}.")
+        if self.stop_train_acc is not None and not 0 < self.stop_train_acc <= 1:
+            raise InputError(f"the teacher's target training accuracy must lie in (0, 1]; got {self.stop_train_acc}.")
         if self.optimizer not in ("adam", "sgd"):
             raise InputError(f"--optimizer must be adam or sgd; got {self.optimizer!r}.")
 
@@ -230,6 +241,10 @@ class TrainState:
     compiled: bool = False
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # the inner attack on this epoch's training batches: points it left correctly classified / attacked
+    # (read from the objective's forward on x', so it costs nothing; see methods.base.ADV_LOGITS)
+    inner_correct: int = 0
+    inner_seen: int = 0
 
 
 def _amp_factory(device: torch.device, enabled: bool) -> tuple[Callable[[], Any] | None, torch.amp.GradScaler | None]:
@@ -280,7 +295,7 @@ def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | Non
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     elif compile:
         wrapped = torch.compile(model)
-    method = build_method(cfg.method, temperature=cfg.temperature, beta=cfg.beta)
+    method = build_method(cfg.method, temperature=cfg.temperature, beta=cfg.beta, inner=cfg.inner)
     if method.needs_teacher and teacher is None:
         raise InputError(f"--method {cfg.method} needs --teacher RUN_DIR (a finished run folder).")
     autocast, scaler = _amp_factory(device, amp)
@@ -328,6 +343,10 @@ def train_step_on_device(state: TrainState, x: torch.Tensor, y: torch.Tensor) ->
         state.optimizer.step()
     if diff is not None:
         state.awp.apply(state.model, diff, -1.0)
+    adv_logits = batch.extra.get(ADV_LOGITS)
+    if adv_logits is not None:  # the training phase's robust accuracy (issue 17), summed on the device
+        state.inner_correct = state.inner_correct + (adv_logits.detach().argmax(1) == y).sum()
+        state.inner_seen += len(y)
     return loss.detach().float(), (logits.detach().argmax(1) == y).sum()
 
 
@@ -478,6 +497,19 @@ def _load_teacher(teacher_dir: str | Path | None, device: torch.device) -> tuple
     return teacher, loaded.name
 
 
+def teacher_info(teacher_dir: str | Path | None) -> dict[str, Any] | None:
+    """What a student's run.json records about its teacher: epochs, training and held-out accuracy."""
+    if teacher_dir is None or not (Path(teacher_dir) / "run.json").is_file():
+        return None
+    run = json.loads((Path(teacher_dir) / "run.json").read_text(encoding="utf-8"))
+    m = run.get("metrics", {})
+    last = (m.get("history") or [{}])[-1]
+    return {"name": run.get("name"), "epochs": run.get("epochs"), "clean_acc": m.get("clean_acc"),
+            "train_acc": m.get("train_acc_eval", last.get("train_acc")),
+            "train_acc_measure": "eval" if "train_acc_eval" in m else "running",
+            "converged": m.get("converged"), "target_train_acc": run.get("config", {}).get("stop_train_acc")}
+
+
 def train_run(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -514,7 +546,9 @@ def train_run(
     if load_last(run_dir, state) and log and ddp.is_main:
         log(f"{cfg.name}: resuming after epoch {state.epoch}/{cfg.epochs}")
     started = time.perf_counter() - sum(h["seconds"] for h in state.history)
-    while state.epoch < cfg.epochs:
+    if ddp.enabled and cfg.stop_train_acc:
+        raise InputError("stopping at a training accuracy is not supported under torchrun; give the teacher a fixed --epochs.")
+    while state.epoch < cfg.epochs and not _converged(cfg, state.history):
         t0 = time.perf_counter()
         for group in state.optimizer.param_groups:
             group["lr"] = lr_at(cfg, state.epoch)
@@ -529,6 +563,7 @@ def train_run(
         # summed on the device and read once per epoch: a .item() per step stalls the GPU queue
         # float64, as the host sum of Python floats was: the recorded history keeps its values to the last digit
         loss_sum, correct_t, seen = torch.zeros((), device=dev, dtype=torch.float64), torch.zeros((), device=dev, dtype=torch.long), 0
+        state.inner_correct, state.inner_seen = 0, 0
         for step, (x, y) in enumerate(bar):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             loss, n_correct = train_step_on_device(state, x, y)
@@ -543,7 +578,9 @@ def train_run(
         if ddp.is_main:
             clean, robust = evaluate(state.model, x_held, y_held, cfg, cfg.eval_n, f"epoch-{state.epoch}")
             state.history.append({"epoch": state.epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
-                                  "clean_acc": clean, "pgd_acc": robust, "seconds": time.perf_counter() - t0})
+                                  "clean_acc": clean, "pgd_acc": robust, **_training_phase(state),
+                                  **({"train_acc_eval": train_accuracy(state.model, train, dev)} if cfg.stop_train_acc else {}),
+                                  "seconds": time.perf_counter() - t0})
             state.epoch += 1
             save_last(run_dir, state)
             if log:
@@ -557,6 +594,8 @@ def train_run(
     final = evaluate(state.model, x_held, y_held, cfg, cfg.final_eval_n) if ddp.is_main else (float("nan"), float("nan"))
     seconds = time.perf_counter() - started
     record = run_record(cfg, state, teacher_name, ddp, seconds, final, min(cfg.final_eval_n, len(y_held)))
+    if teacher_dir is not None:
+        record["teacher_info"] = teacher_info(teacher_dir)
     if ddp.is_main:
         checkpoint.save_run(run_dir, state.model, record)
         (run_dir / LAST_CKPT).unlink(missing_ok=True)
@@ -579,7 +618,7 @@ def run_record(cfg: TrainConfig, state: TrainState, teacher_name: str | None, dd
         "arch": cfg.arch,
         "dataset": cfg.dataset,
         "threat": {"eps": cfg.eps, "norm": cfg.norm},
-        "epochs": cfg.epochs,
+        "epochs": state.epoch,  # trained; cfg.epochs unless stopped at stop_train_acc
         "teacher": teacher_name,
         "config": {**cfg.to_dict(), "world_size": ddp.world_size, "amp": state.ctx.autocast is not None,
                    "channels_last": state.channels_last, "compile": state.compiled},
@@ -589,8 +628,39 @@ def run_record(cfg: TrainConfig, state: TrainState, teacher_name: str | None, dd
             "pgd": {"steps": cfg.eval_steps, "step_size": step, "n": n_eval, "loss": "ce", "start": "uniform"},
             "train_seconds": seconds,
             "history": state.history,
+            **({"train_acc_eval": state.history[-1].get("train_acc_eval"), "converged": _converged(cfg, state.history)}
+               if cfg.stop_train_acc and state.history else {}),
         },
     }
+
+
+def _training_phase(state: TrainState) -> dict[str, Any]:
+    """The paper's "robust accuracy in the training phase" (LTD Sec. 5.2) for this epoch's history.
+
+    `train_robust_acc`: share of training points still classified correctly on the inner attack's
+    x' (train mode, weights before each step); `inner_success` = 1 - that. Absent for methods
+    without an inner attack (natural, dd).
+    """
+    if not state.inner_seen:
+        return {}
+    acc = int(state.inner_correct) / state.inner_seen  # one host read per epoch
+    return {"train_robust_acc": acc, "inner_success": 1.0 - acc}
+
+
+def train_accuracy(model: nn.Module, train: Any, device: torch.device, batch_size: int = 500) -> float:
+    """Eval-mode accuracy on the whole training set (what "converged" means for a teacher)."""
+    model.eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in DataLoader(train, batch_size=batch_size, shuffle=False):
+            correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+            seen += len(y)
+    return correct / max(seen, 1)
+
+
+def _converged(cfg: TrainConfig, history: list[dict[str, Any]]) -> bool:
+    """True once the last epoch's eval-mode training accuracy reached cfg.stop_train_acc."""
+    return bool(cfg.stop_train_acc and history and history[-1].get("train_acc_eval", 0.0) >= cfg.stop_train_acc)
 
 
 def _progress(batches: Any, total: int, desc: str, enabled: bool) -> Any:

@@ -33,7 +33,8 @@ from maskcheck.report.render import pct
 from maskcheck.results import AuditResult, CheckResult, PlotData, Severity, Verdict
 
 CHECKS = ["one-step-vs-iterative", "black-box-gap", "loss-disagreement", "unbounded-attack", "random-sampling",
-          "distortion-sweep", "gradient-health", "logit-magnitude", "attack-convergence", "autoattack-flags"]
+          "distortion-sweep", "gradient-health", "logit-magnitude", "attack-convergence", "autoattack-flags",
+          "training-phase-gap"]
 UNKNOWN_CHECK = "future-check"
 # (name, method, temperature) of a small dd / ltd / trades sweep with its natural teacher.
 SWEEP = [("natural", "natural", None), ("trades", "trades", None)] + [
@@ -147,7 +148,7 @@ def test_page_is_self_contained(rendered: tuple[Path, str]) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:image/png;base64,|#)""", page)
     n_images = page.count('<img src="data:image/png;base64,')
     # overview + per audited model: attack bars + gradient, logit, convergence, eps-curve, bars figures
-    assert n_images == 1 + len(SWEEP) * 6
+    assert n_images == 2 + len(SWEEP) * 6  # + the temperature curves with the paper's series (issue 17)
 
 
 def test_script_in_model_name_is_escaped(tmp_path: Path) -> None:

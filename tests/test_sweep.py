@@ -69,7 +69,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path: Path) -> None:
     for key in ("schema_version", "kind", "dataset", "arch", "temps", "methods", "seed", "eps", "norm", "jobs"):
         assert key in on_disk, key
     assert on_disk["kind"] == "sweep" and on_disk["temps"] == [1.0, 20.0] and on_disk["eps"] == 0.2
-    assert {tuple(sorted(j)) for j in on_disk["jobs"]} == {("depends_on", "method", "name", "run_dir", "teacher", "temperature")}
+    assert {tuple(sorted(j)) for j in on_disk["jobs"]} == {("depends_on", "group", "method", "name", "overrides", "run_dir", "seed", "teacher", "temperature", "variant")}
     ltd = json.loads((sweep / "runs" / "ltd-T20" / "run.json").read_text())
     assert ltd["teacher"] == "natural" and ltd["temperature"] == 20.0 and ltd["model_temperature"] == 1.0
     with pytest.raises(InputError, match="seed"):

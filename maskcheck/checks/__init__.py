@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (import order = battery order)
     logit_magnitude,
     convergence,
     autoattack_flags,
+    training_phase,
 )
 
 __all__ = ["REGISTRY", "Check", "make_check"]

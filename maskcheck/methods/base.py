@@ -27,6 +27,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+# Batch.extra key where an adversarial method's `objective` leaves its (detached) logits on x'. The
+# training loop reads it for the paper's "robust accuracy in the training phase" (LTD Sec. 5.2):
+# the share of training points the inner attack did not flip, at no extra forward pass.
+ADV_LOGITS = "adv_logits"
+
+
 @dataclass
 class StepContext:
     """Per-run settings a loss needs at call time (hyperparameters live on the method)."""

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import pgd
-from .base import Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode
+from .base import ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode
 
 
 @dataclass
@@ -38,6 +38,7 @@ class PGDAT(Method):
 
     def objective(self, model: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(batch.x_adv)
+        batch.extra[ADV_LOGITS] = logits.detach()
         return F.cross_entropy(logits.float(), batch.y), logits
 
     def passes(self, ctx: StepContext) -> float:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Batch, Method, StepContext, attack_passes, autocast_ctx, kl_from_probs, split_views
+from .base import ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocast_ctx, kl_from_probs, split_views
 from .trades import kl_attack
 
 
@@ -39,6 +39,7 @@ class RSLAD(Method):
 
     def objective(self, model: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         clean, adv = split_views(model(torch.cat([batch.x, batch.x_adv])), 2)
+        batch.extra[ADV_LOGITS] = adv.detach()
         num_classes = clean.shape[1]
         loss = (self.adv_weight * kl_from_probs(batch.soft, adv).mean()
                 + (1 - self.adv_weight) * kl_from_probs(batch.soft, clean).mean()) / num_classes

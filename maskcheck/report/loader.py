@@ -27,7 +27,7 @@ RUN_SCHEMA_VERSION = 1
 
 # Columns of the matrix table, in order; the CSV and Markdown files use the same ones.
 ACC_COLUMNS = ("clean_acc", "pgd-ce", "white-box", "square", "worst-case")
-COLUMNS = ("method", "temperature", "name", *ACC_COLUMNS, "verdict", "flagged_checks", "audit_missing")
+COLUMNS = ("method", "temperature", "name", *ACC_COLUMNS, "verdict", "flagged_checks", "audit_missing", "seed", "train_phase_acc")
 
 # Cell status shown in the matrix; the CSS colours them (templates/report.html.j2).
 FLAGGED, WARN, NOT_FLAGGED, NOT_AUDITED, NOT_TRAINED = "flagged", "warn", "not flagged", "not audited", "not trained"
@@ -43,6 +43,17 @@ class ModelEntry:
     run: Mapping[str, Any] | None  # run.json, None when the job has not finished training
     audit: AuditResult | None  # None when the model has not been audited
     source: Path  # the run folder or the audit file it came from
+    seed: int | None = None  # the training seed of a multi-seed sweep (`--seeds`), else None
+    group: str | None = None  # the name shared over seeds (`ltd-T5` for `ltd-T5-s1`); None = the name
+
+    @property
+    def train_phase_acc(self) -> float:
+        """The last epoch's training-phase robust accuracy (inner attack on training batches); NaN if none."""
+        history = ((self.run or {}).get("metrics") or {}).get("history") or []
+        for h in reversed(history):
+            if isinstance(h, Mapping) and h.get("train_robust_acc") is not None:
+                return float(h["train_robust_acc"])
+        return math.nan
 
     @property
     def status(self) -> str:
@@ -110,7 +121,8 @@ def _check_sweep(data: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
 def _sweep_entries(sweep: Mapping[str, Any], root: Path) -> list[ModelEntry]:
     try:
         jobs = [(j["name"], j["method"], j.get("temperature"), j.get("teacher"), root / j["run_dir"]) for j in sweep["jobs"]]
-    except (KeyError, TypeError) as exc:
+        extra = {j["name"]: (j.get("seed") if j.get("group") else None, j.get("group"), j.get("variant")) for j in sweep["jobs"]}
+    except (KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{root / 'sweep.json'} has a job without {exc}. Rerun train-sweep.") from None
     # dd trains a teacher per T (dd-teacher-T10) with the same method and T as its student
     # (dd-T10); they get their own matrix row so the two never share a cell or a headline.
@@ -125,8 +137,10 @@ def _sweep_entries(sweep: Mapping[str, Any], root: Path) -> list[ModelEntry]:
         audit = _load_audit(audit_file, read_json(audit_file, "audit JSON")) if audit_file.is_file() else None
         if name in teachers and audit is None:
             continue
-        label = _method_label(method, bool(run and run.get("awp"))) + (" teacher" if name in teachers else "")
-        entries.append(ModelEntry(str(name), label, _temperature(temperature), run, audit, run_dir))
+        seed, group, variant = extra[name]
+        label = _method_label(method, bool(run and run.get("awp"))) + _variant_label(variant) + (" teacher" if name in teachers else "")
+        entries.append(ModelEntry(str(name), label, _temperature(temperature), run, audit, run_dir,
+                                  _seed(seed), str(group) if group is not None else None))
     return entries
 
 
@@ -164,6 +178,25 @@ def _method_label(method: Any, awp: bool) -> str:
     return f"{method}+awp" if awp else str(method)
 
 
+def _variant_label(variant: Any) -> str:
+    """A sweep arm's variant as a method-label suffix: `beta1` -> ` (beta=1)`, `innerkl` -> ` (inner=kl)`."""
+    if not variant:
+        return ""
+    v = str(variant)
+    for key in ("beta", "inner"):
+        if v.startswith(key):
+            return f" ({key}={v[len(key):]})"
+    return f" ({v})"
+
+
+def _seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"a sweep job's seed must be an integer or null; got {value!r}. Rerun train-sweep.")
+    return value
+
+
 def _temperature(value: Any) -> float | None:
     if value is None:
         return None
@@ -197,8 +230,10 @@ def matrix_table(entries: Iterable[ModelEntry]) -> pd.DataFrame:
             "verdict": e.status,
             "flagged_checks": ", ".join(e.flagged_checks),
             "audit_missing": e.audit is None,
+            "seed": math.nan if e.seed is None else float(e.seed),
+            "train_phase_acc": e.train_phase_acc,
         }
         for e in sorted(entries, key=sort_key)
     ]
     # float even when no model has a temperature, so "no temperature" is always NaN, never None
-    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({"temperature": float})
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({"temperature": float, "seed": float, "train_phase_acc": float})

@@ -192,3 +192,61 @@ def robust_vs_temperature(table: pd.DataFrame, reference: str = "trades") -> str
     axes[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+# The LTD paper's Table IV: TRADES+LTD, WRN-34-10, CIFAR-10, teacher temperature T -> (natural
+# accuracy, AutoAttack accuracy) in %. Chen & Lee, "Low Temperature Distillation for Robust
+# Adversarial Training", arXiv 2111.02331, Sec. 5.2, Table IV (../shared/papers/ltd-low-temperature-
+# distillation.txt); T = 50 (86.63% natural, no AA) left out as the paper did. TRADES row: 84.92 / 53.08.
+PAPER_TABLE_IV: dict[float, tuple[float, float]] = {
+    1.0: (84.51, 54.38), 2.0: (84.96, 54.90), 3.0: (85.48, 55.03), 5.0: (86.20, 55.09), 8.0: (85.23, 54.63),
+    10.0: (84.72, 53.56), 12.0: (77.45, 43.85), 15.0: (94.72, 0.00), 20.0: (94.39, 0.00),
+}
+PAPER_TRADES = (84.92, 53.08)
+PAPER_LABEL = "LTD paper Table IV (CIFAR-10, WRN-34-10, AutoAttack)"
+
+
+def temperature_curves(summary: pd.DataFrame, selected: float | None = None, paper: bool = True) -> str | None:
+    """One panel per method with a temperature (seed means over T, min-max band over seeds):
+    the audit's worst case, PGD-CE, the training-phase robust accuracy (inner attack on training
+    batches) and clean accuracy; the paper's Table IV dashed on LTD panels; the searched T dotted.
+
+    `summary` is `seeds.seed_summary(...)`; None when no method has an audited temperature."""
+    swept = summary[summary["temperature"].notna()]
+    methods = list(dict.fromkeys(swept["method"]))
+    if not methods:
+        return None
+    fig = Figure(figsize=(4.4 * len(methods), 3.6))
+    axes = fig.subplots(1, len(methods), squeeze=False, sharey=True)[0]
+    for ax, method in zip(axes, methods):
+        rows = swept[swept["method"] == method].sort_values("temperature")
+        t = rows["temperature"].to_numpy(dtype=float)
+        ax.plot(t, rows["worst-case"], marker="o", color="#d62728", label="worst case (audit)")
+        if (rows["seeds"] > 1).any():
+            ax.fill_between(t, rows["worst-case min"], rows["worst-case max"], color="#d62728", alpha=0.18,
+                            label="worst case, seed min-max")
+        ax.plot(t, rows["pgd-ce"], marker="o", markersize=3, color="#1f77b4", label="PGD-CE (audit)")
+        phase = rows["train_phase_acc"].to_numpy(dtype=float)
+        if np.isfinite(phase).any():
+            ax.plot(t, phase, marker="s", color="#9467bd", label="training phase (inner attack)")
+            if (rows["seeds"] > 1).any():
+                ax.fill_between(t, rows["train_phase min"], rows["train_phase max"], color="#9467bd", alpha=0.15)
+        ax.plot(t, rows["clean_acc"], color="#7f7f7f", linewidth=1, label="clean (audit)")
+        if paper and str(method).startswith("ltd"):
+            pt = np.asarray(sorted(PAPER_TABLE_IV), dtype=float)
+            ax.plot(pt, [PAPER_TABLE_IV[x][1] / 100 for x in pt], linestyle="--", color="#000000", marker="x",
+                    label=_text(PAPER_LABEL))
+            ax.plot(pt, [PAPER_TABLE_IV[x][0] / 100 for x in pt], linestyle="--", color="#aaaaaa", linewidth=1,
+                    label="paper Table IV, natural accuracy")
+        if selected is not None and str(method) == "ltd":
+            ax.axvline(selected, color="#2ca02c", linestyle=":", label=f"searched T = {selected:g} (Sec. 4.2)")
+        all_t = np.unique(np.concatenate([t, np.asarray(sorted(PAPER_TABLE_IV)) if paper and str(method).startswith("ltd") else t]))
+        ax.set_xticks(all_t, [f"{x:g}" for x in all_t], fontsize=7)
+        ax.set_title(_text(method), fontsize=10)
+        ax.set_xlabel("temperature T")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return to_data_uri(fig)

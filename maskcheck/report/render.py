@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 import numbers
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +24,7 @@ from ..errors import InputError
 from ..fileio import atomic_write_text
 from ..results import CheckResult
 from ..validate import csv_cell
-from . import plots
+from . import plots, seeds
 from .checkdocs import doc_for
 from .headline import headline
 from .loader import ModelEntry, ReportInputs, load_inputs, matrix_table, sort_key
@@ -41,7 +42,11 @@ def render_report(inputs: list[Path], out: Path) -> Path:
     data = load_inputs(inputs)
     table = matrix_table(data.entries)
     write_tables(table, out)
-    atomic_write_text(out, render_html(data, table))
+    summary = seeds.seed_summary(table)
+    if (summary["seeds"] > 1).any():  # the seed table beside the matrix: OUT.seeds.csv / OUT.seeds.md
+        atomic_write_text(out.with_suffix(".seeds.csv"), summary.to_csv(index=False))
+        atomic_write_text(out.with_suffix(".seeds.md"), seeds.summary_markdown(summary) + "\n")
+    atomic_write_text(out, render_html(data, table, out))
     return out
 
 
@@ -58,8 +63,12 @@ def write_tables(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
 
 def markdown_table(table: pd.DataFrame) -> str:
     shown = table.copy()
-    for col in ("clean_acc", "pgd-ce", "white-box", "square", "worst-case"):
+    # issue-17 columns only where some model has them, so matrices of older sweeps read as before
+    shown = shown.drop(columns=[c for c in ("seed", "train_phase_acc") if shown[c].isna().all()])
+    for col in [c for c in ("clean_acc", "pgd-ce", "white-box", "square", "worst-case", "train_phase_acc") if c in shown]:
         shown[col] = shown[col].map(pct)
+    if "seed" in shown:
+        shown["seed"] = shown["seed"].map(lambda v: "-" if v is None or math.isnan(v) else f"{v:.0f}")
     shown["temperature"] = shown["temperature"].map(lambda t: "-" if t is None or math.isnan(t) else f"{t:g}")
     shown["audit_missing"] = shown["audit_missing"].map(lambda m: "yes" if m else "")
     for col in ("method", "name", "verdict", "flagged_checks"):  # HTML is escaped; a "|" would split the cell
@@ -104,10 +113,14 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_html(data: ReportInputs, table: pd.DataFrame) -> str:
+def render_html(data: ReportInputs, table: pd.DataFrame, out: Path | None = None) -> str:
+    """The HTML page. Paths shown in it are relative to `out`'s folder (or as given when `out` is None)."""
     entries = sorted(data.entries, key=sort_key)
     anchors = {e.name: f"model-{i}" for i, e in enumerate(entries)}
+    summary = seeds.seed_summary(table)
+    selected = _selected_temperature(data)
     context = {
+        "paper": _paper_view(data, summary, selected),
         "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "headline": headline(table),
@@ -115,7 +128,7 @@ def render_html(data: ReportInputs, table: pd.DataFrame) -> str:
         "matrix": _matrix(entries, anchors),
         "overview_plot": plots.robust_vs_temperature(table),
         "rows": [dict(r, anchor=anchors[r["name"]]) for r in table.to_dict("records")],
-        "models": [_model_view(e, anchors[e.name]) for e in entries],
+        "models": [_model_view(e, anchors[e.name], out) for e in entries],
     }
     return _environment().get_template("report.html.j2").render(context)
 
@@ -143,10 +156,20 @@ def _matrix(entries: list[ModelEntry], anchors: Mapping[str, str]) -> dict[str, 
     cells = {(m, t): [] for m in methods for t in columns}
     for e in entries:
         cells[(e.method, e.temperature)].append(_cell(e, anchors[e.name]))
+    notes = {(m, t): _seed_note([e for e in entries if e.method == m and e.temperature == t]) for m in methods for t in columns}
     return {
         "columns": ["no T" if t is None else f"T = {t:g}" for t in columns],
         "rows": [(m, [cells[(m, t)] for t in columns]) for m in methods],
+        "notes": [[notes[(m, t)] for t in columns] for m in methods],
     }
+
+
+def _seed_note(entries: list[ModelEntry]) -> str:
+    """'worst case 45.1% (43.0-47.2%) over 3 seeds' for a matrix cell holding one job's seeds; '' otherwise."""
+    worst = [e.robust("worst-case") for e in entries if e.seed is not None and e.audit is not None]
+    if len(worst) < 2 or len({e.group for e in entries}) != 1:
+        return ""
+    return f"worst case {pct(sum(worst) / len(worst))} ({pct(min(worst))}-{pct(max(worst))}) over {len(worst)} seeds"
 
 
 def _cell(e: ModelEntry, anchor: str) -> dict[str, Any]:
@@ -158,10 +181,50 @@ def _cell(e: ModelEntry, anchor: str) -> dict[str, Any]:
     }
 
 
-def _model_view(e: ModelEntry, anchor: str) -> dict[str, Any]:
+def relative_source(path: Path, out: Path | None) -> str:
+    """`path` relative to the report's folder (POSIX), so a committed report names no machine's folders."""
+    if out is None:
+        return Path(path).as_posix()
+    return Path(os.path.relpath(Path(path).resolve(), Path(out).resolve().parent)).as_posix()
+
+
+def _selected_temperature(data: ReportInputs) -> float | None:
+    for s in data.sweeps:
+        sel = s.get("selected_temperature")
+        if isinstance(sel, Mapping) and isinstance(sel.get("temperature"), (int, float)):
+            return float(sel["temperature"])
+    return None
+
+
+def _paper_view(data: ReportInputs, summary: pd.DataFrame, selected: float | None) -> dict[str, Any]:
+    """The issue-17 sections: T-curves with the paper's series, seed table, teachers, searched T."""
+    teachers = []
+    for s in data.sweeps:
+        for name, facts in (s.get("teachers") or {}).items():
+            if isinstance(facts, Mapping):
+                teachers.append({"name": str(name), **{k: facts.get(k) for k in ("epochs", "train_acc", "train_acc_measure",
+                                                                                   "converged", "clean_acc", "target")}})
+    multi = bool((summary["seeds"] > 1).any())
+    rows = []
+    for r in summary.to_dict("records"):
+        rows.append({**r, "temperature": None if r["temperature"] != r["temperature"] else r["temperature"]})
+    return {
+        "curves": plots.temperature_curves(summary, selected),
+        "label": plots.PAPER_LABEL,
+        "table_iv": [(t, nat, aa) for t, (nat, aa) in sorted(plots.PAPER_TABLE_IV.items())],
+        "paper_trades": plots.PAPER_TRADES,
+        "selected": selected,
+        "teachers": teachers,
+        "multi_seed": multi,
+        "summary": rows,
+        "reference": seeds.REFERENCE,
+    }
+
+
+def _model_view(e: ModelEntry, anchor: str, out: Path | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
         "name": e.name, "anchor": anchor, "method": e.method, "temperature": e.temperature,
-        "status": e.status, "source": str(e.source), "run": _run_facts(e.run), "audit": None,
+        "status": e.status, "source": relative_source(e.source, out), "run": _run_facts(e.run), "audit": None,
     }
     if e.audit is not None:
         a = e.audit
@@ -183,8 +246,17 @@ def _run_facts(run: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
     facts = [("arch", run.get("arch")), ("dataset", run.get("dataset")), ("epochs", run.get("epochs")),
              ("teacher", run.get("teacher")), ("model temperature", run.get("model_temperature")),
              ("training-time clean acc", pct(metrics.get("clean_acc"))), ("training-time PGD acc", pct(metrics.get("pgd_acc"))),
+             ("training-phase robust acc (inner attack, last epoch)", pct(next((h.get("train_robust_acc") for h in reversed(metrics.get("history") or []) if isinstance(h, Mapping) and h.get("train_robust_acc") is not None), None))),
+             ("teacher facts", _teacher_fact(run.get("teacher_info"))),
              ("train seconds", metrics.get("train_seconds"))]
     return [(k, v) for k, v in facts if v is not None and v != "-"]
+
+
+def _teacher_fact(info: Any) -> str | None:
+    if not isinstance(info, Mapping):
+        return None
+    return (f"{info.get('name')}: {info.get('epochs')} epochs, training accuracy {pct(info.get('train_acc'))}, "
+            f"held-out {pct(info.get('clean_acc'))}")
 
 
 def _check_view(c: CheckResult, model: str) -> dict[str, Any]:
