@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from .errors import InputError, LimitError, UnsafeModelFileError
-from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, DEFAULT_TIMEOUT_PER_BATCH, GIB  # noqa: F401
+from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, GIB  # noqa: F401 - re-exported for checkpoint.py
 
 TRUST_FLAG = "--trust-code"
 PICKLE_MAGIC = b"\x80"  # pickle protocol 2+ starts with PROTO (0x80)
