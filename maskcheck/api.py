@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
@@ -258,7 +259,7 @@ def _probe_classes(module: "nn.Module", x: "torch.Tensor", y: "torch.Tensor", de
     """Run the model once on a few points: its output must be finite logits (batch, classes)."""
     import torch
 
-    module.to(dev).eval()
+    module.to(dev).eval()  # inside keep_caller_state: mode and device go back afterwards
     try:
         with torch.no_grad():
             out = module(x[:8].to(dev).float())
@@ -292,6 +293,13 @@ def keep_caller_state(module: "nn.Module", device: "torch.device | None" = None)
     import torch
 
     modes = [(m, m.training) for m in module.modules()]
+    # torch.export's module() replaces train()/eval() with methods that raise; the engine calls
+    # eval(), which recurses into every child. Until the block ends such a module just sets its
+    # flags (its graph was captured in eval mode anyway).
+    locked = [(m, m.__dict__["train"], m.__dict__.get("eval")) for m in module.modules() if "train" in m.__dict__]
+    for m, _, _ in locked:
+        m.train = types.MethodType(_set_training, m)
+        m.eval = types.MethodType(lambda self: self.train(False), m)
     params = [(p, p.device, p.requires_grad, p.grad) for p in module.parameters()]
     buffers = [(m, name, b.device) for m in module.modules() for name, b in m._buffers.items() if b is not None]
     py_state, np_state = random.getstate(), np.random.get_state()
@@ -315,8 +323,20 @@ def keep_caller_state(module: "nn.Module", device: "torch.device | None" = None)
             b = m._buffers.get(name)
             if b is not None and b.device != dev:
                 m._buffers[name] = b.to(dev)
+        for m, train, eval_ in locked:
+            m.train = train
+            if eval_ is None:
+                del m.eval
+            else:
+                m.eval = eval_
         for m, training in modes:
             m.training = training
+
+
+def _set_training(self: "nn.Module", mode: bool = True) -> "nn.Module":
+    for m in self.modules():
+        m.training = mode
+    return self
 
 
 def _cuda_rng_devices(module: "nn.Module", device: "torch.device | None") -> tuple[list[int], dict | None]:

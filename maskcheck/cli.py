@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from . import __version__
 from .errors import EXIT_FLAGGED, MaskcheckError
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadedModel
 
 app = typer.Typer(
     name="maskcheck",
@@ -205,23 +208,47 @@ def audit_cmd(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", "--unsafe-pickle", help="Load full pickled modules (runs their code!)."),
     square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries (AutoAttack default 5000)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Audit these points instead of the dataset's held-out split: a .pt/.npz file with x in [0, 1] and int y, or an ImageFolder directory."),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help="Wrap a model that expects normalised inputs: a dataset name, MEAN,STD, or C means then C stds."),
+    threat: Optional[str] = typer.Option(None, "--threat", help="rb: models: RobustBench threat model, Linf or L2 (sets the leaderboard's eps and norm)."),
+    rb_model_dir: Optional[Path] = typer.Option(None, "--rb-model-dir", help="rb: models: RobustBench's model folder (default ./models, as RobustBench)."),
+    download: bool = typer.Option(False, "--download", help="rb: models: download a missing checkpoint."),
 ) -> None:
-    """Run the gradient-masking checks on a model and write the audit JSON."""
-    from .audit import default_out, resolve_checks, run_audit, run_threat
+    """Run the gradient-masking checks on a model (or rb:<RobustBench name>) and write the audit JSON."""
+    from .api import audit as run_api_audit
+    from .audit import default_out, resolve_checks, run_threat
     from .checkpoint import load_model
     from .config import parse_eps, resolve_device
-    from .data import load_dataset
+    from .data import load_dataset, load_points
+    from .robustbench_models import is_robustbench, load_robustbench, standard_threat
 
     if n <= 0:
         raise MaskcheckError(f"--n must be a positive number of points; got {n}.")
+    if norm is not None and norm not in ("linf", "l2"):
+        raise MaskcheckError(f"--norm must be linf or l2; got {norm!r}.")
     names = resolve_checks(checks)
     dev = resolve_device(device)
-    loaded = load_model(model, dataset=dataset, arch=arch, device=dev, allow_pickle=allow_pickle)
+    if is_robustbench(model):
+        loaded = load_robustbench(str(model), dataset or "cifar10", threat or "Linf", model_dir=rb_model_dir, device=dev,
+                                  download=download)
+    else:
+        loaded = load_model(model, dataset=dataset, arch=arch, device=dev, allow_pickle=allow_pickle)
     loaded.extra.setdefault("path", str(model))
-    eps_value, norm = run_threat(loaded, parse_eps(eps) if eps is not None else None, norm)
-    splits = load_dataset(loaded.info.name, data_dir)
-    result = run_audit(loaded, splits, eps=eps_value, norm=norm, n=n, checks=names, seed=seed,
-                       eot=eot, square_queries=square_queries, device=dev, progress=not quiet)
+    if normalize is not None:
+        _wrap_normalization(loaded, normalize)
+    given_eps, norm = (parse_eps(eps) if eps is not None else None), norm
+    if threat is not None:  # RobustBench's budget for that threat model unless --eps / --norm say otherwise
+        rb_eps, rb_norm = standard_threat(threat)
+        given_eps, norm = (rb_eps if given_eps is None else given_eps), norm or rb_norm
+    eps_value, norm = run_threat(loaded, given_eps, norm)
+    if data is not None:
+        x, y = load_points(data, loaded.info, n)
+    else:
+        x, y = load_dataset(loaded.info.name, data_dir).heldout_tensors(n)
+    result = run_api_audit(loaded, x, y, eps=eps_value, norm=norm, checks=names, seed=seed, eot=eot,
+                           square_queries=square_queries, device=dev, progress=not quiet)
+    if data is not None:
+        result.dataset = f"{loaded.info.name}:{data.name}"  # the model's dataset, audited on the user's points
     path = result.save(out or default_out(model))
     for c in result.checks:
         info(f"  {c.severity.value:7s} {c.check:22s} {c.summary}")
@@ -230,6 +257,17 @@ def audit_cmd(
     typer.echo(f"{result.verdict.text} ({path})")
     if fail_on_flag and result.verdict.flagged:
         raise typer.Exit(1)
+
+
+def _wrap_normalization(loaded: "LoadedModel", text: str) -> None:
+    """--normalize: put the model behind (x - mean) / std so the audit feeds it pixels in [0, 1]."""
+    from .data import normalized, parse_normalize
+
+    if loaded.format == "run":
+        raise MaskcheckError("--normalize: a maskcheck run folder normalises inside the model already; drop --normalize.")
+    mean, std = parse_normalize(text, loaded.info.input_shape[0])
+    loaded.model = normalized(loaded.model, mean, std)  # no .eval(): a torch.export module refuses it; the audit sets it
+    loaded.extra["normalize"] = {"mean": list(mean), "std": list(std)}
 
 
 # =========================================================================== report
