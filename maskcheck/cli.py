@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -16,6 +16,9 @@ from . import __version__
 from .errors import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, MaskcheckError
 from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, DEFAULT_TIMEOUT_PER_BATCH, GIB
 from .validate import check_out_path
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadedModel
 
 app = typer.Typer(
     name="maskcheck",
@@ -226,16 +229,25 @@ def audit_cmd(
                                             help="Stop (exit 2) when one forward pass takes longer than this many seconds."),
     square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries (AutoAttack default 5000)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Audit these points instead of the dataset's held-out split: a .pt/.npz file with x in [0, 1] and int y, or an ImageFolder directory."),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help="Wrap a model that expects normalised inputs: a dataset name, MEAN,STD, or C means then C stds."),
+    threat: Optional[str] = typer.Option(None, "--threat", help="rb: models: RobustBench threat model, Linf or L2 (sets the leaderboard's eps and norm)."),
+    rb_model_dir: Optional[Path] = typer.Option(None, "--rb-model-dir", help="rb: models: RobustBench's model folder (default ./models, as RobustBench)."),
+    download: bool = typer.Option(False, "--download", help="rb: models: download a missing checkpoint."),
 ) -> None:
-    """Run the gradient-masking checks on a model and write the audit JSON."""
-    from .audit import default_out, resolve_checks, run_audit, run_threat
+    """Run the gradient-masking checks on a model (or rb:<RobustBench name>) and write the audit JSON."""
+    from .api import audit as run_api_audit
+    from .audit import default_out, resolve_checks, run_threat
     from .checkpoint import load_model
     from .config import parse_eps, resolve_device
-    from .data import load_dataset
+    from .data import load_dataset, load_points
     from .errors import LimitError
+    from .robustbench_models import is_robustbench, load_robustbench, standard_threat
 
     if n <= 0:
         raise MaskcheckError(f"--n must be a positive number of points; got {n}.")
+    if norm is not None and norm not in ("linf", "l2"):
+        raise MaskcheckError(f"--norm must be linf or l2; got {norm!r}.")
     for flag, value in (("--max-file-gib", max_file_gib), ("--max-unpacked-gib", max_unpacked_gib),
                         ("--timeout-per-batch", timeout_per_batch)):
         if not value > 0 or value == float("inf"):
@@ -244,16 +256,32 @@ def audit_cmd(
     out_path = out or default_out(model)
     check_out_path(out_path, "--out")  # before the audit, which may take hours
     dev = resolve_device(device)
-    loaded = load_model(model, dataset=dataset, arch=arch, device=dev, trust_code=trust_code,
-                        max_file_bytes=int(max_file_gib * GIB), max_unpacked_bytes=int(max_unpacked_gib * GIB),
-                        timeout_per_batch=timeout_per_batch)
+    if is_robustbench(model):
+        loaded = load_robustbench(str(model), dataset or "cifar10", threat or "Linf", model_dir=rb_model_dir, device=dev,
+                                  download=download)
+    else:
+        loaded = load_model(model, dataset=dataset, arch=arch, device=dev, trust_code=trust_code,
+                            max_file_bytes=int(max_file_gib * GIB), max_unpacked_bytes=int(max_unpacked_gib * GIB),
+                            timeout_per_batch=timeout_per_batch)
     loaded.extra.setdefault("path", str(model))
-    eps_value, norm = run_threat(loaded, parse_eps(eps) if eps is not None else None, norm)
-    splits = load_dataset(loaded.info.name, data_dir)
-    result = run_audit(loaded, splits, eps=eps_value, norm=norm, n=n, checks=names, seed=seed,
-                       eot=eot, square_queries=square_queries, device=dev, progress=not quiet)
-    if getattr(loaded.model, "timed_out", None):  # a check may have caught the error and gone on: the audit is void
-        raise LimitError(loaded.model.timed_out)
+    guarded = loaded.model  # the GuardedModel that times each forward (--normalize wraps it below)
+    if normalize is not None:
+        _wrap_normalization(loaded, normalize)
+    given_eps, norm = (parse_eps(eps) if eps is not None else None), norm
+    if threat is not None:  # RobustBench's budget for that threat model unless --eps / --norm say otherwise
+        rb_eps, rb_norm = standard_threat(threat)
+        given_eps, norm = (rb_eps if given_eps is None else given_eps), norm or rb_norm
+    eps_value, norm = run_threat(loaded, given_eps, norm)
+    if data is not None:
+        x, y = load_points(data, loaded.info, n)
+    else:
+        x, y = load_dataset(loaded.info.name, data_dir).heldout_tensors(n)
+    result = run_api_audit(loaded, x, y, eps=eps_value, norm=norm, checks=names, seed=seed, eot=eot,
+                           square_queries=square_queries, device=dev, progress=not quiet)
+    if getattr(guarded, "timed_out", None):  # a check may have caught the error and gone on: the audit is void
+        raise LimitError(guarded.timed_out)
+    if data is not None:
+        result.dataset = f"{loaded.info.name}:{data.name}"  # the model's dataset, audited on the user's points
     path = result.save(out_path)
     for c in result.checks:
         info(f"  {c.severity.value:7s} {c.check:22s} {c.summary}")
@@ -262,6 +290,17 @@ def audit_cmd(
     typer.echo(f"{result.verdict.text} ({path})")
     if fail_on_flag and result.verdict.flagged:
         raise typer.Exit(1)
+
+
+def _wrap_normalization(loaded: "LoadedModel", text: str) -> None:
+    """--normalize: put the model behind (x - mean) / std so the audit feeds it pixels in [0, 1]."""
+    from .data import normalized, parse_normalize
+
+    if loaded.format == "run":
+        raise MaskcheckError("--normalize: a maskcheck run folder normalises inside the model already; drop --normalize.")
+    mean, std = parse_normalize(text, loaded.info.input_shape[0])
+    loaded.model = normalized(loaded.model, mean, std)  # no .eval(): a torch.export module refuses it; the audit sets it
+    loaded.extra["normalize"] = {"mean": list(mean), "std": list(std)}
 
 
 # =========================================================================== report

@@ -361,3 +361,176 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     if name in ("mnist", "fashion-mnist"):
         return _load_idx_dataset(name, data_dir, "MNIST" if name == "mnist" else "FashionMNIST", download)
     return _load_cifar(name, data_dir, download)
+
+
+# ------------------------------------------------------------------- your own audit data
+# `maskcheck audit MODEL --data FILE`: audit on the user's points instead of a held-out split.
+# Nothing here unpickles: .pt goes through torch.load(weights_only=True), .npz through
+# numpy with allow_pickle=False, images through Pillow (via torchvision's ImageFolder).
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def load_points(path: str | Path, info: DatasetInfo, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audit points from a file: `.pt` / `.npz` holding `x` and `y`, or an ImageFolder directory.
+
+    x: float in [0, 1] (uint8 pixels are divided by 255), (N, C, H, W), (N, H, W) for one
+    channel, or (N, H, W, C) channels-last; y: integer labels (N,). Shapes are checked
+    against `info` (the dataset the model was trained on). `n` keeps the first n points of a
+    tensor file and a fixed seeded sample of n images of a folder (a folder is sorted by
+    class, so its first n would all be one class). Raises InputError in one line.
+    """
+    p = Path(path)
+    if p.is_dir():
+        x, y = _load_image_folder(p, info, n)
+    elif not p.is_file():
+        raise InputError(f"--data {p} not found. Pass a .pt or .npz file with x and y, or an ImageFolder directory.")
+    elif p.suffix == ".npz":
+        x, y = _load_npz(p)
+    elif p.suffix in (".pt", ".pth"):
+        x, y = _load_pt(p)
+    else:
+        raise InputError(f"--data {p}: unknown kind {p.suffix or '(no suffix)'!r}; expected a .pt or .npz file "
+                         "with x and y, or an ImageFolder directory.")
+    x, y = _checked_points(x, y, info, p)
+    return (x[:n], y[:n]) if n is not None else (x, y)
+
+
+def _load_npz(path: Path) -> tuple[object, object]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x", "y") if k not in f.files]
+            if missing:
+                raise InputError(f"--data {path} lacks the array(s) {', '.join(missing)}; it holds {', '.join(f.files) or 'nothing'}. "
+                                 "Save it with np.savez(path, x=images, y=labels).")
+            return f["x"], f["y"]
+    except InputError:
+        raise
+    except ValueError as exc:  # numpy refuses object arrays without allow_pickle: they would need code
+        raise InputError(f"--data {path} holds object arrays that need pickle ({exc}); save plain numeric arrays.") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged zip raises many types; nothing was executed
+        raise InputError(f"--data {path} is not a readable .npz file ({type(exc).__name__}: {exc}). Save it again.") from None
+
+
+def _load_pt(path: Path) -> tuple[object, object]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"--data {path} is not plain tensors (torch.load with weights_only=True refused it: "
+                         f"{' '.join(str(exc).split())[:120]}). Save a dict {{'x': tensor, 'y': tensor}}.") from None
+    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler runs no code; any failure is a bad file
+        raise InputError(f"--data {path} is not a readable PyTorch file ({type(exc).__name__}). Was it truncated? Save it again.") from None
+    if isinstance(obj, dict) and "x" in obj and "y" in obj:
+        return obj["x"], obj["y"]
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return obj[0], obj[1]
+    raise InputError(f"--data {path} holds a {type(obj).__name__}; expected a dict with tensors 'x' and 'y' "
+                     "(torch.save({'x': images, 'y': labels}, path)).")
+
+
+def _checked_points(x: object, y: object, info: DatasetInfo, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        x_t, y_t = torch.as_tensor(x), torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"--data {path}: x and y must be numeric arrays ({exc}).") from None
+    if x_t.dtype == torch.uint8:
+        x_t = x_t.float() / 255.0
+    if not x_t.is_floating_point():
+        raise InputError(f"--data {path}: x must be float in [0, 1] or uint8 pixels; got {x_t.dtype}.")
+    c, h, w = info.input_shape
+    if x_t.ndim == 3 and c == 1:
+        x_t = x_t.unsqueeze(1)
+    elif x_t.ndim == 4 and tuple(x_t.shape[1:]) == (h, w, c) and tuple(x_t.shape[1:]) != (c, h, w):
+        x_t = x_t.permute(0, 3, 1, 2)  # channels-last, as numpy and PIL store images
+    if x_t.ndim != 4 or tuple(x_t.shape[1:]) != (c, h, w):
+        raise InputError(f"--data {path}: x has shape {tuple(x_t.shape)}; {info.name} models take (N, {c}, {h}, {w}) "
+                         f"(or (N, {h}, {w}, {c})).")
+    if y_t.is_floating_point() or y_t.dtype == torch.bool or y_t.ndim != 1 or len(y_t) != len(x_t):
+        raise InputError(f"--data {path}: y must be {len(x_t)} integer labels, shape ({len(x_t)},); "
+                         f"got {y_t.dtype} of shape {tuple(y_t.shape)}.")
+    if len(y_t) == 0:
+        raise InputError(f"--data {path} holds no points.")
+    if not torch.isfinite(x_t).all() or float(x_t.min()) < 0.0 or float(x_t.max()) > 1.0:
+        raise InputError(f"--data {path}: x must be finite and lie in [0, 1]; got min={float(x_t.min()):.3g}, "
+                         f"max={float(x_t.max()):.3g}. Store raw pixels; use --normalize for the model's normalisation.")
+    if int(y_t.min()) < 0 or int(y_t.max()) >= info.num_classes:
+        raise InputError(f"--data {path}: labels must lie in 0..{info.num_classes - 1} for {info.name}; "
+                         f"got {int(y_t.min())}..{int(y_t.max())}.")
+    return x_t.float().contiguous(), y_t.long()
+
+
+def _load_image_folder(root: Path, info: DatasetInfo, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's ImageFolder (root/<class>/<image>), images converted to the dataset's channels and size.
+
+    Class folders named by integers (0, 1, ..., 10, ...) take that number as the label; other
+    names take their sorted position, as in ImageFolder.
+    """
+    from PIL import Image
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    c, h, w = info.input_shape
+
+    class _Folder(datasets.ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes, mapping = super().find_classes(directory)
+            if all(name.isdigit() for name in classes):
+                mapping = {name: int(name) for name in classes}
+            return classes, mapping
+
+    mode = "L" if c == 1 else "RGB"
+    transform = v2.Compose([v2.Lambda(lambda im: im.convert(mode)), v2.PILToTensor(), v2.Resize((h, w), antialias=True),
+                            v2.ToDtype(torch.float32, scale=True)])
+    try:
+        folder = _Folder(str(root), transform=transform, allow_empty=True)
+    except (FileNotFoundError, OSError) as exc:
+        raise InputError(f"--data {root}: not an ImageFolder directory ({exc}). Expected {root}/<class>/<image>.png.") from None
+    if len(folder) == 0:
+        raise InputError(f"--data {root} holds no images; expected {root}/<class>/<image> with suffix "
+                         f"{', '.join(IMAGE_SUFFIXES)}.")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(folder))
+    if n is not None:
+        order = order[:n]
+    xs, ys = [], []
+    for i in order:
+        try:
+            image, label = folder[int(i)]
+        except (OSError, Image.DecompressionBombError, ValueError) as exc:
+            raise InputError(f"--data {folder.samples[int(i)][0]} is not a readable image ({type(exc).__name__}: {exc}).") from None
+        xs.append(image)
+        ys.append(label)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def parse_normalize(text: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`--normalize`: a dataset name (its mean and std), `MEAN,STD` (every channel) or C means then C stds."""
+    if text.strip() in DATASETS:
+        info = DATASETS[text.strip()]
+        if len(info.mean) != channels:
+            raise InputError(f"--normalize {text}: {text} has {len(info.mean)} channel(s), the model takes {channels}.")
+        return info.mean, info.std
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 2:
+        values = [values[0]] * channels + [values[1]] * channels
+    if len(values) != 2 * channels or any(not np.isfinite(v) for v in values) or any(s <= 0 for s in values[channels:]):
+        raise InputError(f"--normalize must be a dataset name ({', '.join(DATASETS)}), MEAN,STD or {channels} means then "
+                         f"{channels} positive stds, comma-separated; got {text!r}.")
+    return tuple(values[:channels]), tuple(values[channels:])
+
+
+def normalized(model: torch.nn.Module, mean: tuple[float, ...] | float, std: tuple[float, ...] | float) -> torch.nn.Module:
+    """`model` behind a normalisation layer, so it takes inputs in [0, 1]: `model((x - mean) / std)`.
+
+    For models trained on normalised inputs; the layer is the one maskcheck's own models use
+    (`models.Classifier`), so attacks, eps and the [0, 1] box refer to raw pixels.
+    """
+    from .models import Classifier
+
+    mean_t = (float(mean),) if isinstance(mean, (int, float)) else tuple(float(m) for m in mean)
+    std_t = (float(std),) if isinstance(std, (int, float)) else tuple(float(s) for s in std)
+    if len(mean_t) != len(std_t):
+        raise InputError(f"normalisation needs as many means as stds; got {len(mean_t)} and {len(std_t)}.")
+    return Classifier(model, mean_t, std_t)

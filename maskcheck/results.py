@@ -12,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
+from .api import AuditResultAPI  # .flagged, .to_json(), .report(), _repr_html_ (the Python API)
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
 
@@ -95,7 +96,7 @@ class Verdict:
 
 
 @dataclass
-class AuditResult:
+class AuditResult(AuditResultAPI):
     model: Mapping[str, Any]  # name, path, format, method, temperature, arch (what is known)
     dataset: str
     threat: Mapping[str, Any]  # eps, norm
