@@ -1,25 +1,27 @@
-"""Run the masking checks on a model, sharing attack runs between them.
+"""Run the masking checks on a model: build the plan of attacks they declare, run it once, judge.
 
-Every attack runs at most once per audit and only on the points still standing, in batches
-(no per-example Python loops):
+Each check declares the `AttackSpec`s it needs (`Check.needs`); the audit takes their union,
+runs it cheap-to-expensive (each attack only on the points still standing after the runs it
+follows, as AutoAttack does) and hands every check the same `AuditContext`, from which it reads
+per-example outcomes by spec. The standard battery (`attacks.Battery`):
 
-    clean -> PGD-CE (own, 20 steps, loss recorded) and PGD-margin -> FGSM
-          -> APGD-CE (pyautoattack, 100 it.) on PGD-CE's survivors
-          -> APGD-T (targeted DLR, 9 targets) on APGD-CE's survivors (as AutoAttack does)
-          -> Square (pyautoattack, 5000 queries) on PGD-CE's survivors (ARCHITECTURE.md)
+    clean -> PGD-CE and PGD-margin (own, 20 steps, loss recorded) -> FGSM
+          -> APGD-CE on PGD-CE's survivors; untargeted APGD-DLR on PGD-margin's (same iterations)
+          -> APGD-T (targeted DLR, 9 targets) on APGD-CE's survivors -> FAB-T (when Square runs)
+          -> Square (pyautoattack, 5000 queries) on PGD-CE's survivors
           -> random noise (foolbox) on the white-box survivors
 
-The checks in `maskcheck.checks` read these runs from the `AuditContext`; `run_audit` then
-builds the `AuditResult` (robust accuracies per ARCHITECTURE.md, verdict, timings).
+A model found randomised (AutoAttack's rule) is attacked with EOT (20 draws unless `--eot`
+says otherwise) and every outcome is scored by majority over the draws. `run_audit` then
+builds the `AuditResult` (robust accuracies per ARCHITECTURE.md, graded verdict, timings).
 AMP is deliberately not used here: saturation checks need float32 logits and gradients.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -29,58 +31,54 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import attacks
+from .attacks import AttackEnv, AttackSpec, Battery
 from .checkpoint import LoadedModel
 from .checks import REGISTRY, make_check
-from .config import check_eps, generator_for, parse_name_list, provenance, resolve_device, seed_everything, derived_seed
+from .config import (EOT_AUTO_DRAWS, AuditConfig, ThreatModel, generator_for, parse_name_list, provenance,
+                     resolve_device, seed_everything)
 from .data import Splits
 from .errors import InputError
 from .results import AuditResult, CheckResult, Verdict
 
 DEFAULT_SQUARE_QUERIES = 5000  # AutoAttack standard (autoattack.py: SquareAttack n_queries=5000)
 APGD_ITERS = 100  # AutoAttack standard, 1 restart for APGD-CE (autoattack.py _set_version)
-PGD_STEPS = 20
-NOISE_TILE = 10  # noise draws per point per forward pass (fewer, larger batches for foolbox)
-
-# pyautoattack logs its zero-gradient warning per batch; gradient-health reports it instead.
-_AA_LOGGER = logging.getLogger("maskcheck.pyautoattack")
-_AA_LOGGER.addHandler(logging.NullHandler())
-_AA_LOGGER.propagate = False
+GRADIENT_KINDS = ("pgd", "fgsm", "apgd", "apgd-t", "fab-t", "fmn")
+OWN_KINDS = ("pgd", "fgsm", "fmn")  # differentiate `attack_model` (EOT-wrapped); pyautoattack does its own EOT
 
 
-class EOT(nn.Module):
-    """Expectation over Transformation (Athalye et al. 2018): average the logits of K forward passes.
+@dataclass(frozen=True)
+class Outcome:
+    """Per-example result of one spec over all audited points (bool (n,), True = still correct,
+    cumulative over the runs it followed) and, for recorded PGD, the loss per iteration over the
+    points it attacked (columns in the order of `attacked`)."""
 
-    Its gradient is the average over the K draws, as in foolbox's ExpectationOverTransformationWrapper.
-    """
+    correct: torch.Tensor
+    attacked: torch.Tensor
+    history: torch.Tensor | None = None
 
-    def __init__(self, model: nn.Module, k: int) -> None:
-        super().__init__()
-        self.model, self.k = model, k
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.model(x) for _ in range(self.k)]).mean(0)
+    @property
+    def acc(self) -> float:
+        return float(self.correct.float().mean())
 
 
 class AuditContext:
-    """The model, the audited points and every attack run, computed once on first use.
+    """The model, the audited points, the probes and every attack outcome, each computed once.
 
-    `*_correct` tensors are bool (n,) on the CPU over all audited points: True = still
-    classified correctly after that attack (points it did not need to attack keep their
-    previous status).
+    Checks read it (`correct(spec)`, `outcome(spec)`, `clean_logits`, `randomness`, ...) and
+    never change it. Tensors of outcomes live on the CPU over all `n` audited points.
     """
 
-    def __init__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, eps: float, norm: str,
-        seed: int, eot: int, square_queries: int, progress: bool, batch_size: int = 500, apgd_iters: int = APGD_ITERS,
-    ) -> None:
-        self.model, self.x, self.y = model, x, y
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, config: AuditConfig,
+                 progress: bool) -> None:
+        self.model, self.x, self.y, self.config = model, x, y, config
         self.device = x.device
-        self.num_classes, self.eps, self.norm, self.seed = num_classes, eps, norm, seed
-        self.eot, self.square_queries, self.progress, self.batch_size = eot, square_queries, progress, batch_size
+        self.num_classes, self.progress = num_classes, progress
+        self.eps, self.norm, self.seed = config.threat.eps, config.threat.norm, config.seed
+        self.square_queries, self.batch_size = config.square_queries, config.batch_size
+        self.battery = Battery.standard(config.apgd_iters)
         self.n = len(y)
-        self.apgd_iters = apgd_iters
         self.timings: dict[str, float] = {}
-        self.ran: dict[str, torch.Tensor] = {}  # attack name -> correct (n,), for robust_acc
+        self.outcomes: dict[AttackSpec, Outcome] = {}
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -97,32 +95,43 @@ class AuditContext:
     def gen(self, name: str) -> torch.Generator:
         return generator_for(self.seed, name, self.device)
 
-    def on_points(
-        self, name: str, idx: torch.Tensor, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        prior: torch.Tensor,
-    ) -> torch.Tensor:
-        """Run `attack(x_batch, y_batch) -> correct_batch` on points `idx` in batches; others keep `prior`."""
-        correct = prior.clone()
-        idx = idx.cpu()
-        if len(idx) == 0:  # nothing left standing: no attack, no progress bar
-            return correct
-        with self.timed(name), self.bar(name, len(idx)) as bar:
-            for i in range(0, len(idx), self.batch_size):
-                b = idx[i : i + self.batch_size]
-                correct[b] = attack(self.x[b.to(self.device)], self.y[b.to(self.device)]).bool().cpu()
-                bar.update(len(b))
-        return correct
+    def standing(self, correct: torch.Tensor) -> torch.Tensor:
+        return correct.nonzero().flatten()
 
-    def predict_correct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------ probes
+    @cached_property
+    def randomness(self) -> dict[str, Any]:
+        """AutoAttack's randomness rule (checks.check_randomized): 5 no-grad passes on the first 250
+        points; random when the number correct changes or L2-normalised outputs differ by > 1e-4."""
+        x, y = self.x[:250], self.y[:250]
         with torch.no_grad():
-            return self.model(x).argmax(1) == y
+            outs = [self.model(x).float() for _ in range(5)]
+        correct = [int((o.argmax(1) == y).sum()) for o in outs]
+        normed = [o / (o.norm(dim=1, keepdim=True) + 1e-10) for o in outs]
+        diff = max((float((a - b).norm(dim=1).max()) for i, a in enumerate(normed) for b in normed[i + 1:]), default=0.0)
+        return {"correct_per_pass": correct, "max_normalized_output_diff": diff,
+                "randomized": len(set(correct)) > 1 or diff > 1e-4, "first_output": outs[0]}
+
+    @cached_property
+    def eot(self) -> int:
+        """Draws per gradient and per prediction: the configured number, else 20 on a randomised model."""
+        if self.config.eot is not None:
+            return self.config.eot
+        return EOT_AUTO_DRAWS if self.randomness["randomized"] else 1
 
     @cached_property
     def attack_model(self) -> nn.Module:
-        """The model gradient attacks differentiate: EOT-averaged when --eot K > 1."""
-        return EOT(self.model, self.eot) if self.eot > 1 else self.model
+        """The model own gradient attacks differentiate: EOT-averaged when eot > 1."""
+        return attacks.EOT(self.model, self.eot).eval() if self.eot > 1 else self.model
 
-    # ------------------------------------------------------------------ clean
+    def score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Still correct at x: one forward, or the majority over `eot` draws (ties count as broken)."""
+        with torch.no_grad():
+            if self.eot == 1:
+                return self.model(x).argmax(1) == y
+            votes = sum((self.model(x).argmax(1) == y).int() for _ in range(self.eot))
+            return 2 * votes > self.eot
+
     @cached_property
     def clean_logits(self) -> torch.Tensor:
         with self.timed("clean"):
@@ -130,7 +139,10 @@ class AuditContext:
 
     @cached_property
     def clean_correct(self) -> torch.Tensor:
-        return self.clean_logits.argmax(1) == self.y.cpu()
+        if self.eot == 1:
+            return self.clean_logits.argmax(1) == self.y.cpu()
+        return torch.cat([self.score(self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]).cpu()
+                          for i in range(0, self.n, self.batch_size)])
 
     @cached_property
     def gradient_error(self) -> str | None:
@@ -146,153 +158,91 @@ class AuditContext:
     def grad_ok(self) -> bool:
         return self.gradient_error is None
 
-    def standing(self, correct: torch.Tensor) -> torch.Tensor:
-        return correct.nonzero().flatten()
-
-    # ------------------------------------------------------------------ own PGD / FGSM
-    def _pgd(self, name: str, loss: str, steps: int, prior: torch.Tensor, record: bool = True) -> dict[str, Any]:
-        """Own PGD on the points standing in `prior`; keeps the loss history for the convergence check."""
-        histories: list[torch.Tensor] = []
-        gen = self.gen(name)
-
-        def attack(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            r = attacks.pgd(self.attack_model, xb, yb, eps=self.eps, norm=self.norm, steps=steps, loss=loss,
-                            generator=gen, record=record, stop_when_broken=True)
-            if r.loss_history is not None:
-                histories.append(r.loss_history.cpu())
-            return r.correct
-
-        if not self.grad_ok:
-            return {"correct": prior.clone(), "history": None}
-        correct = self.on_points(name, self.standing(prior), attack, prior)
-        return {"correct": correct, "history": torch.cat(histories, 1) if histories else None}
-
-    @cached_property
-    def pgd_ce(self) -> dict[str, Any]:
-        out = self._pgd("pgd-ce", "ce", PGD_STEPS, self.clean_correct)
-        self.ran["pgd-ce"] = out["correct"]
-        return out
-
-    @cached_property
-    def pgd_margin(self) -> dict[str, Any]:
-        out = self._pgd("pgd-margin", "margin", PGD_STEPS, self.clean_correct)
-        self.ran["pgd-margin"] = out["correct"]
-        return out
-
-    def pgd_doubled(self, loss: str) -> torch.Tensor:
-        """PGD with twice the steps (C19 doubling test) on the white-box survivors: only a point no
-        white-box attack broke can move the reported number."""
-        name = f"pgd-{loss}-x2"
-        if name not in self.ran:
-            self.ran[name] = self._pgd(name, loss, 2 * PGD_STEPS, self.white_box, record=False)["correct"]
-        return self.ran[name]
-
-    @cached_property
-    def fgsm(self) -> torch.Tensor:
-        def attack(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            return attacks.fgsm(self.attack_model, xb, yb, eps=self.eps, norm=self.norm).correct
-
-        c = self.clean_correct.clone() if not self.grad_ok else self.on_points("fgsm", self.standing(self.clean_correct), attack, self.clean_correct)
-        self.ran["fgsm"] = c
-        return c
-
-    def pgd_at(self, eps: float, loss: str = "margin", steps: int = PGD_STEPS) -> torch.Tensor:
-        """PGD at another eps on all clean-correct points (distortion sweep, unbounded attack)."""
-        key = f"pgd-{loss}@{eps:.6g}x{steps}"
-        if key not in self.ran:
-            if not self.grad_ok:
-                self.ran[key] = self.clean_correct.clone()
-            else:
-                gen = self.gen(key)
-
-                def attack(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-                    return attacks.pgd(self.attack_model, xb, yb, eps=eps, norm=self.norm, steps=steps, loss=loss, generator=gen,
-                                       stop_when_broken=True).correct
-
-                self.ran[key] = self.on_points(key, self.standing(self.clean_correct), attack, self.clean_correct)
-        return self.ran[key]
-
-    # ------------------------------------------------------------------ pyautoattack
+    # ------------------------------------------------------------------ attack outcomes
     @property
-    def aa_norm(self) -> str:
-        return {"linf": "Linf", "l2": "L2"}[self.norm]
+    def env(self) -> AttackEnv:
+        return AttackEnv(self.eps, self.norm, self.num_classes, self.seed, self.eot, self.square_queries, self.device)
 
-    @cached_property
-    def apgd_ce(self) -> torch.Tensor:
-        """APGD-CE on PGD-CE's survivors: the cumulative result of the two cross-entropy attacks."""
-        from pyautoattack.autopgd_base import APGDAttack
-
-        prior = self.pgd_ce["correct"]
-        if not self.grad_ok:
-            return prior.clone()
-        apgd = APGDAttack(self.model, n_iter=self.apgd_iters, norm=self.aa_norm, n_restarts=1, eps=self.eps, loss="ce",
-                          seed=derived_seed(self.seed, "apgd-ce"), eot_iter=self.eot, device=self.device,
-                          logger=_AA_LOGGER)
-        c = self.on_points("apgd-ce", self.standing(prior),
-                           lambda xb, yb: self.predict_correct(apgd.perturb(xb, yb), yb), prior)
-        self.ran["apgd-ce"] = c
+    def prior(self, after: Sequence[AttackSpec]) -> torch.Tensor:
+        """Points still correct after every run in `after` (clean-correct points when empty)."""
+        c = self.clean_correct.clone()
+        for spec in after:
+            c &= self.correct(spec)
         return c
 
-    @cached_property
-    def apgd_t(self) -> torch.Tensor:
-        """Targeted APGD-DLR on APGD-CE's survivors, 9 target classes as in AutoAttack standard."""
-        from pyautoattack.autopgd_base import APGDAttack_targeted
+    def correct(self, spec: AttackSpec) -> torch.Tensor:
+        return self.outcome(spec).correct
 
-        prior = self.apgd_ce
-        if not self.grad_ok or self.num_classes < 4:  # targeted DLR needs > 3 classes (checks.check_n_classes)
-            return prior.clone()
-        apgd = APGDAttack_targeted(self.model, n_iter=self.apgd_iters, norm=self.aa_norm, n_restarts=1, eps=self.eps,
-                                   seed=derived_seed(self.seed, "apgd-t"), eot_iter=self.eot, device=self.device,
-                                   n_target_classes=min(9, self.num_classes - 1), logger=_AA_LOGGER)
-        c = self.on_points("apgd-t", self.standing(prior), lambda xb, yb: self.predict_correct(apgd.perturb(xb, yb), yb), prior)
-        self.ran["apgd-t"] = c
-        return c
+    def outcome(self, spec: AttackSpec, points: torch.Tensor | None = None) -> Outcome:
+        """Run `spec` once (on the points standing after `spec.after`, or on `points`) and keep its outcome."""
+        if points is None and spec in self.outcomes:
+            return self.outcomes[spec]
+        prior = self.prior(spec.after)
+        idx = self.standing(prior) if points is None else points.cpu()
+        if spec.max_points is not None:
+            idx = idx[: spec.max_points]
+        correct, histories = prior.clone(), []
+        name = spec_name(spec, self.config.apgd_iters)
+        if len(idx) and (self.grad_ok or spec.kind not in GRADIENT_KINDS):
+            # a rescaled rerun draws from the same seed as the run it repeats
+            gen, env = self.gen(spec_name(replace(spec, logit_scale=1.0))), self.env
+            model = self.attack_model if spec.kind in OWN_KINDS else self.model
+            with self.timed(name), self.bar(name, len(idx)) as bar:
+                for i in range(0, len(idx), self.batch_size):
+                    b = idx[i: i + self.batch_size]
+                    xb, yb = self.x[b.to(self.device)], self.y[b.to(self.device)]
+                    r = attacks.run_spec(spec, model, xb, yb, env, gen)
+                    c = r.correct if self.eot == 1 or spec.kind == "noise" else self.score(r.x_adv, yb)
+                    correct[b] = c.bool().cpu()
+                    if r.loss_history is not None:
+                        histories.append(r.loss_history.cpu())
+                    bar.update(len(b))
+        out = Outcome(correct, idx, torch.cat(histories, 1) if histories else None)
+        if points is None:
+            self.outcomes[spec] = out
+        return out
 
-    @cached_property
+    @property
     def white_box(self) -> torch.Tensor:
-        """Per-example worst case over every white-box attack at the audit's eps."""
-        c = self.pgd_ce["correct"] & self.pgd_margin["correct"] & self.fgsm & self.apgd_ce & self.apgd_t
-        return c
+        """Per-example worst case over the battery's white-box attacks at the audit's eps."""
+        return self.prior(self.battery.white_box)
 
-    @cached_property
-    def ce_white_box(self) -> torch.Tensor:
-        """The cross-entropy attacks most evaluations report: PGD-CE and APGD-CE."""
-        return self.apgd_ce
+    def run_plan(self, plan: Sequence[AttackSpec]) -> None:
+        for spec in plan:
+            self.outcome(spec)
 
-    @cached_property
-    def square(self) -> torch.Tensor:
-        """Square (black-box) on the points PGD-CE did not break; per-example worst of the two."""
-        from pyautoattack.square import SquareAttack
 
-        prior = self.pgd_ce["correct"]
-        sq = SquareAttack(self.model, norm=self.aa_norm, n_queries=self.square_queries, eps=self.eps, p_init=0.8,
-                          n_restarts=1, seed=derived_seed(self.seed, "square"), device=self.device, resc_schedule=False)
-        with torch.no_grad():
-            c = self.on_points("square", self.standing(prior), lambda xb, yb: self.predict_correct(sq.perturb(xb, yb), yb), prior)
-        self.ran["square"] = c
-        return c
+def spec_name(spec: AttackSpec, apgd_iters: int = APGD_ITERS) -> str:
+    """A readable, stable name: the robust_acc label when it has one; seeds derive from it."""
+    if spec.label:
+        return spec.label
+    name = f"{spec.kind}-{spec.loss}" if spec.kind in ("pgd", "apgd") else spec.kind
+    if spec.kind == "noise":
+        name += f"-{spec.queries}"
+    if spec.eps is not None:
+        name += f"@{spec.eps:.6g}x{spec.steps}"
+    elif spec.kind == "pgd" and spec.steps != attacks.PGD_STEPS:
+        name += f"-x{spec.steps // attacks.PGD_STEPS}" if spec.steps % attacks.PGD_STEPS == 0 else f"-{spec.steps}"
+    if spec.logit_scale != 1.0:
+        name += f"*{spec.logit_scale:g}"
+    return name
 
-    def noise(self, repeats: int, max_points: int) -> torch.Tensor:
-        """foolbox's repeated additive uniform noise on (at most `max_points` of) the white-box survivors."""
-        import foolbox as fb
 
-        key = f"noise-{repeats}"
-        if key not in self.ran:
-            prior = self.white_box
-            idx = self.standing(prior)[:max_points]
-            fmodel = fb.PyTorchModel(self.model, bounds=(0.0, 1.0), device=self.device)
-            cls = fb.attacks.LinfRepeatedAdditiveUniformNoiseAttack if self.norm == "linf" else fb.attacks.L2RepeatedAdditiveUniformNoiseAttack
-            tile = min(NOISE_TILE, repeats)
-            attack = cls(repeats=math.ceil(repeats / tile), check_trivial=True)
+def build_plan(battery: Sequence[Any], cfg: AuditConfig, bat: Battery) -> list[AttackSpec]:
+    """The union of what the checks need, with every prerequisite, ordered by depth then cost."""
+    seen: dict[AttackSpec, None] = {}
 
-            def run(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-                # each point is tiled `tile` times, so repeats/tile calls draw `repeats` samples per point
-                seed_everything(derived_seed(self.seed, key))  # foolbox draws from torch's global RNG
-                _, _, success = attack(fmodel, xb.repeat(tile, *[1] * (xb.ndim - 1)), yb.repeat(tile), epsilons=self.eps)
-                return ~success.view(tile, -1).any(0)
+    def add(spec: AttackSpec) -> None:
+        for a in spec.after:
+            add(a)
+        seen.setdefault(spec, None)
 
-            self.ran[key] = self.on_points("random-noise", idx, run, prior)
-        return self.ran[key]
+    for check in battery:
+        for spec in check.needs(cfg, bat):
+            add(spec)
+    if bat.square in seen and cfg.autoattack_standard:  # AutoAttack standard's battery is then one FAB-T away (robust_acc "autoattack-standard")
+        add(bat.fab_t)
+    return sorted(seen, key=lambda s: (s.depth, s.cost))
 
 
 # ---------------------------------------------------------------------- validation
@@ -331,6 +281,19 @@ def resolve_checks(checks: str | Sequence[str] | None) -> list[str]:
 # ---------------------------------------------------------------------- verdict
 
 
+def resolve_checks(checks: str | Sequence[str] | None) -> list[str]:
+    """All registered checks by default; else the named ones in battery order (unknown names are user errors)."""
+    valid = list(REGISTRY)
+    if checks is None:
+        return valid
+    text = checks if isinstance(checks, str) else ",".join(checks)
+    chosen = set(parse_name_list(text, valid, "check"))
+    return [name for name in valid if name in chosen]
+
+
+# ---------------------------------------------------------------------- verdict
+
+
 def _headline(results: list[CheckResult]) -> str:
     """The biggest attack gap any check measured, e.g. 'Square beats APGD-CE by 31 pp'."""
     gaps = [(c.evidence.get("gap", 0.0), c.evidence.get("headline")) for c in results if c.flagged and c.evidence.get("headline")]
@@ -339,68 +302,76 @@ def _headline(results: list[CheckResult]) -> str:
 
 
 def _robust_acc(ctx: AuditContext) -> dict[str, float]:
-    """ARCHITECTURE.md keys (pgd-ce, white-box, square, worst-case) plus one per attack run."""
-    def acc(c: torch.Tensor) -> float:
-        return float(c.float().mean())
-
-    per_attack = {k: acc(v) for k, v in ctx.ran.items() if "@" not in k and not k.endswith("-x2")}
-    worst = ctx.white_box & ctx.square
-    for k, v in ctx.ran.items():
-        if k.startswith("noise") or k.endswith("-x2"):
-            worst = worst & v
-    return {
-        "pgd-ce": acc(ctx.pgd_ce["correct"]), "white-box": acc(ctx.white_box), "square": acc(ctx.square),
-        "worst-case": acc(worst), **{k: v for k, v in per_attack.items() if k not in ("pgd-ce", "square")},
-    }
+    """ARCHITECTURE.md keys over what ran: one per labelled attack, `white-box` (all white-box attacks),
+    `worst-case` (every attack at the audit's eps), `autoattack-standard` (AutoAttack standard's four)."""
+    ran = ctx.outcomes
+    bat = ctx.battery
+    at_eps = [s for s in ran if s.eps is None and s.logit_scale == 1.0]
+    if not at_eps:
+        return {}
+    out: dict[str, float] = {}
+    if all(s in ran for s in bat.white_box):
+        out["white-box"] = float(ctx.white_box.float().mean())
+    worst = ctx.prior(at_eps)
+    out["worst-case"] = float(worst.float().mean())
+    if all(s in ran for s in bat.autoattack_standard):
+        out["autoattack-standard"] = float(ctx.prior(bat.autoattack_standard).float().mean())
+    for s in at_eps:
+        if s.label:
+            out[s.label] = ran[s].acc
+    order = ["pgd-ce", "white-box", "square", "worst-case"]
+    return {**{k: out[k] for k in order if k in out}, **{k: v for k, v in out.items() if k not in order}}
 
 
 def _points(splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise InputError(f"--n must be a positive number of points; got {n!r}.")
     if isinstance(splits_or_xy, Splits):
         return splits_or_xy.heldout_tensors(n)
     x, y = splits_or_xy
     return x[:n], y[:n]
 
 
-def run_audit(
-    loaded_model: LoadedModel | nn.Module,
-    splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor],
-    *,
-    eps: float,
-    norm: str = "linf",
-    n: int = 1000,
-    checks: str | Sequence[str] | None = None,
-    seed: int = 0,
-    eot: int = 1,
-    square_queries: int = DEFAULT_SQUARE_QUERIES,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    num_classes: int | None = None,
-    batch_size: int = 500,
-    apgd_iters: int = APGD_ITERS,
-) -> AuditResult:
-    """Audit a model for gradient masking on the first `n` held-out points.
-
-    `apgd_iters` (AutoAttack standard: 100) may be lowered for quick tests.
-    `overrides` maps a check name to threshold overrides, e.g.
-    `{"logit-magnitude": {"saturation_margin": 1e9}}`. `num_classes` is only needed for a bare
-    `nn.Module` with (x, y) tensors. Raises `InputError` for bad input (one line, exit code 2).
-    """
-    eps = check_eps(eps)
+def audit_config(*, eps: float, norm: str = "linf", n: int = 1000, checks: str | Sequence[str] | None = None,
+                 seed: int = 0, eot: int | None = None, square_queries: int = DEFAULT_SQUARE_QUERIES,
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 500,
+                 apgd_iters: int = APGD_ITERS, autoattack_standard: bool = True) -> AuditConfig:
+    """An AuditConfig from keywords (the names `run_audit` accepts), validated with one-line errors."""
     if norm not in ("linf", "l2"):
         raise InputError(f"--norm must be linf or l2; got {norm!r}.")
-    if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
-        raise InputError(f"--eot must be a positive number of draws; got {eot!r}.")
-    if not isinstance(square_queries, int) or square_queries < 1:
-        raise InputError(f"--square-queries must be a positive integer; got {square_queries!r}.")
-    names = resolve_checks(checks)
-    overrides = dict(overrides or {})
+    names = None if checks is None else tuple(resolve_checks(checks))
+    overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     unknown = [k for k in overrides if k not in REGISTRY]
     if unknown:
         raise InputError(f"overrides name unknown check(s) {', '.join(unknown)}; valid: {', '.join(REGISTRY)}.")
-    battery = [make_check(name, overrides.get(name)) for name in names]
+    return AuditConfig(ThreatModel(eps, norm), n=n, checks=names, seed=seed, eot=eot, square_queries=square_queries,
+                       apgd_iters=apgd_iters, batch_size=batch_size, overrides=overrides,
+                       autoattack_standard=autoattack_standard)
+
+
+def run_audit(
+    loaded_model: LoadedModel | nn.Module,
+    splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor],
+    config: AuditConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    num_classes: int | None = None,
+    **settings: Any,
+) -> AuditResult:
+    """Audit a model for gradient masking on the first `config.n` held-out points.
+
+    Pass an `AuditConfig`, or its settings as keywords (see `audit_config`: eps, norm, n, checks,
+    seed, eot, square_queries, overrides, batch_size, apgd_iters), e.g.
+    `run_audit(model, splits, eps=0.3, checks="logit-magnitude")`. `num_classes` is only needed
+    for a bare `nn.Module` with (x, y) tensors. Raises `InputError` for bad input (one line, exit code 2).
+    """
+    if config is None:
+        if "eps" not in settings:
+            raise InputError("run_audit needs an AuditConfig or eps=...")
+        config = audit_config(**settings)
+    elif settings:
+        raise InputError(f"pass either an AuditConfig or keyword settings, not both (got {', '.join(settings)}).")
+    names = resolve_checks(config.checks)
+    battery = [make_check(name, config.overrides.get(name)) for name in names]
 
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     if isinstance(loaded_model, LoadedModel):
@@ -414,18 +385,17 @@ def run_audit(
         dataset = splits_or_xy.info.name
     if k is None:
         raise InputError("num_classes is required when auditing a bare module on (x, y) tensors.")
-    x, y = _points(splits_or_xy, n)
+    x, y = _points(splits_or_xy, config.n)
     model = model.to(dev).eval()
     x, y = x.to(dev).float(), y.to(dev).long()
     if dev.type == "cuda" and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     _validate_inputs(model, x, y, k)
 
-    seed_everything(seed)
+    seed_everything(config.seed)
     t0 = time.perf_counter()
-    ctx = AuditContext(model, x, y, num_classes=k, eps=eps, norm=norm, seed=seed, eot=eot,
-                       square_queries=square_queries, progress=progress, batch_size=batch_size,
-                       apgd_iters=apgd_iters)
+    ctx = AuditContext(model, x, y, num_classes=k, config=config, progress=progress)
+    ctx.run_plan(build_plan(battery, config, ctx.battery))
     results = []
     for check in tqdm(battery, desc="checks", unit="check", disable=not progress, leave=False):
         c0 = time.perf_counter()
@@ -434,10 +404,15 @@ def run_audit(
     robust = _robust_acc(ctx)
     timings = {**{f"attack:{k}": round(v, 4) for k, v in ctx.timings.items()},
                **{f"check:{c.check}": c.duration_s for c in results}, "total": round(time.perf_counter() - t0, 4)}
+    notes = ()
+    if ctx.eot > 1:
+        why = "the model is randomised" if ctx.randomness["randomized"] else "as asked"
+        notes = (f"EOT over {ctx.eot} draws ({why}); correctness by majority over the draws",)
     return AuditResult(
-        model=meta, dataset=dataset, threat={"eps": eps, "norm": norm}, n=len(y),
+        model=meta, dataset=dataset, threat=config.threat.to_dict(), n=len(y),
         clean_acc=float(ctx.clean_correct.float().mean()), robust_acc=robust, checks=results,
-        verdict=Verdict.from_checks(results, _headline(results)), provenance=provenance(dev, seed), timings=timings,
+        verdict=Verdict.from_checks(results, _headline(results), robust, notes), provenance=provenance(dev, config.seed),
+        timings=timings, config=config.to_dict(),
     )
 
 

@@ -197,8 +197,9 @@ def audit_cmd(
     n: int = typer.Option(1000, "--n", help="Number of held-out points to audit."),
     checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated checks to run (default: all)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Audit JSON (default: MODEL/audit.json for a run folder, else audit.json)."),
-    fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit 1 when any check flags masking."),
-    eot: int = typer.Option(1, "--eot", help="Rerun gradient attacks with expectation over K draws."),
+    fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit 1 when the verdict is 'masked' (same as --fail-on masked)."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 at this grade or worse: masked, or warn (also 'attack-sensitive')."),
+    eot: Optional[int] = typer.Option(None, "--eot", help="EOT draws per gradient and prediction (default: 20 if the model is randomised, else 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every attack's randomness."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -214,6 +215,8 @@ def audit_cmd(
 
     if n <= 0:
         raise MaskcheckError(f"--n must be a positive number of points; got {n}.")
+    if fail_on not in (None, "masked", "warn", "attack-sensitive"):
+        raise MaskcheckError(f"--fail-on must be masked or warn (= attack-sensitive); got {fail_on!r}.")
     names = resolve_checks(checks)
     dev = resolve_device(device)
     loaded = load_model(model, dataset=dataset, arch=arch, device=dev, allow_pickle=allow_pickle)
@@ -228,7 +231,8 @@ def audit_cmd(
     acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.robust_acc.items())
     info(f"clean {100 * result.clean_acc:.1f}%; robust: {acc}")
     typer.echo(f"{result.verdict.text} ({path})")
-    if fail_on_flag and result.verdict.flagged:
+    strict = fail_on in ("warn", "attack-sensitive") and result.verdict.grade != "no masking detected"
+    if strict or ((fail_on_flag or fail_on == "masked") and result.verdict.flagged):
         raise typer.Exit(1)
 
 

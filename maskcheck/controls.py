@@ -9,6 +9,7 @@ regression stage can hand it to `maskcheck audit` as a foreign model file.
 | name      | mechanism                     | how                                             |
 | --------- | ----------------------------- | ----------------------------------------------- |
 | scaled    | saturated logits              | logits x 1e4 (advertorch#63; C&W on distillation) |
+| offset    | float32 resolution            | 1e6 added to every logit (advertorch#63)        |
 | quantised | vanishing gradients (rounding) | input rounded to a few grey levels (BPDA case)  |
 | noisy     | randomness                    | Gaussian noise on the input at inference (EOT case) |
 | zero-grad | vanishing gradients           | a layer whose backward is exactly zero (auto-attack#43) |
@@ -31,6 +32,18 @@ class ScaledLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x) * self.scale
+
+
+class OffsetLogits(nn.Module):
+    """Adds a large constant to every logit: same argmax and margins, float32 resolution lost (advertorch#63)."""
+
+    def __init__(self, model: nn.Module, offset: float = 1e6) -> None:
+        super().__init__()
+        self.model = model
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + self.offset
 
 
 class QuantisedInput(nn.Module):
@@ -81,6 +94,7 @@ class DetachedInput(nn.Module):
 
 CONTROLS: dict[str, type[nn.Module]] = {
     "scaled": ScaledLogits,
+    "offset": OffsetLogits,
     "quantised": QuantisedInput,
     "noisy": NoisyInput,
     "zero-grad": ZeroGradient,
@@ -91,6 +105,7 @@ CONTROLS: dict[str, type[nn.Module]] = {
 # exactly-zero input gradients (gradient-health), the same signature as the zero-gradient layer.
 EXPECTED: dict[str, tuple[str, str]] = {
     "scaled": ("logit-magnitude", "saturated logits"),
+    "offset": ("logit-magnitude", "logit offset (float32 resolution)"),
     "quantised": ("gradient-health", "vanishing gradients"),
     "noisy": ("autoattack-flags", "randomness"),
     "zero-grad": ("gradient-health", "vanishing gradients"),
