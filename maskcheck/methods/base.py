@@ -19,7 +19,7 @@ networks with BatchNorm (batch statistics over x and x' together instead of sepa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -48,7 +48,6 @@ class Batch:
     y: torch.Tensor
     x_adv: torch.Tensor | None = None
     soft: torch.Tensor | None = None  # teacher probabilities, (B, C)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
