@@ -137,6 +137,14 @@ class Verdict:
                    v.get("quote"), tuple(v.get("notes", ())))
 
 
+def _graded(verdict: Mapping[str, Any], checks: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """An audit JSON written before grades existed: masked if flagged, attack-sensitive if a check warned."""
+    if verdict.get("grade"):
+        return verdict
+    warned = any(c.get("severity") == Severity.WARN.value for c in checks)
+    return {**verdict, "grade": MASKED if verdict["flagged"] else ATTACK_SENSITIVE if warned else NO_MASKING}
+
+
 @dataclass
 class AuditResult:
     model: Mapping[str, Any]  # name, path, format, method, temperature, arch (what is known)
@@ -178,7 +186,7 @@ class AuditResult:
             return cls(
                 model=d["model"], dataset=d["dataset"], threat=d["threat"], n=d["n"], clean_acc=d["clean_acc"],
                 robust_acc=d["robust_acc"], checks=[CheckResult.from_dict(c) for c in d["checks"]],
-                verdict=Verdict.from_dict(d["verdict"]), provenance={k: d.get(k) for k in prov_keys},
+                verdict=Verdict.from_dict(_graded(d["verdict"], d["checks"])), provenance={k: d.get(k) for k in prov_keys},
                 timings=d.get("timings", {}), config=d.get("config"), schema_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -196,3 +196,19 @@ def test_early_stopping_pgd_stays_in_the_ball_and_the_box(eps: float, norm: str,
         clean = model(x).argmax(1) == y
         assert torch.equal(model(r.x_adv).argmax(1) == y, r.correct) and not (r.correct & ~clean).any()
     assert r.loss_history.shape == (steps + 1, 32)
+
+
+@pytest.mark.slow
+def test_autoattack_standard_figure_matches_pyautoattack() -> None:
+    """robust_acc["autoattack-standard"] vs pyautoattack's own standard evaluation: within one point."""
+    from pyautoattack import AutoAttack
+
+    n = 30
+    model = honest_cnn()
+    result = run_audit(model, digits(), eps=0.1, n=n, seed=0, progress=False, checks=["black-box-gap"])
+    x, y = digits().heldout_tensors(n)
+    adversary = AutoAttack(model, norm="Linf", eps=0.1, version="standard", seed=0, device="cpu")
+    x_adv = adversary.run_standard_evaluation(x, y, bs=n)
+    with torch.no_grad():
+        theirs = float((model(x_adv).argmax(1) == y).float().mean())
+    assert abs(result.robust_acc["autoattack-standard"] - theirs) <= 1 / n + 1e-9, (result.robust_acc, theirs)

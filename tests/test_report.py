@@ -162,7 +162,7 @@ def test_audits_without_temperature_render_without_the_curve(tmp_path: Path) -> 
     make_audit("trades", "trades", None, False, extra_check=False).save(tmp_path / "a" / "audit.json")
     make_audit("natural", "natural", None, False, extra_check=False).save(tmp_path / "b" / "audit.json")
     page = render_report([tmp_path / "a" / "audit.json", tmp_path / "b" / "audit.json"], tmp_path / "r.html").read_text()
-    assert "No audited model has a temperature" in page and "natural not flagged; trades not flagged" in page
+    assert "No audited model has a temperature" in page and "natural: no masking detected; trades: no masking detected" in page
 
 
 def test_missing_audits_and_runs_are_marked_not_a_crash(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_dd_teachers_get_their_own_row(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path, models=models, flagged={"dd-T10", "dd-teacher-T10"})
     table = matrix_table(load_inputs([sweep]).entries).set_index("name")
     assert table.loc["dd-teacher-T10", "method"] == "dd teacher" and table.loc["dd-T10", "method"] == "dd"
-    assert headline(table.reset_index()) == "dd flagged at T >= 10; dd teacher flagged at every T; natural not flagged"
+    assert headline(table.reset_index()) == "dd masked at T >= 10; dd teacher masked at every T; natural: no masking detected"
 
 
 def test_unaudited_dd_teachers_are_left_out(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_unaudited_dd_teachers_are_left_out(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path, models=models, flagged={"dd-T10"}, unaudited={"dd-teacher-T10"})
     table = matrix_table(load_inputs([sweep]).entries)
     assert list(table["name"]) == ["dd-T10", "natural"]
-    assert headline(table) == "dd flagged at every T; natural not flagged"
+    assert headline(table) == "dd masked at every T; natural: no masking detected"
 
 
 def test_csv_and_markdown_match_the_matrix(rendered: tuple[Path, str]) -> None:
@@ -213,11 +213,11 @@ def test_csv_and_markdown_match_the_matrix(rendered: tuple[Path, str]) -> None:
 
 def test_headline_is_computed_from_the_data(tmp_path: Path, rendered: tuple[Path, str]) -> None:
     _, page = rendered
-    first = "dd flagged at T &gt;= 10; ltd flagged at T &gt;= 15; natural not flagged; trades not flagged"
+    first = "dd masked at T &gt;= 10; ltd masked at T &gt;= 15; natural: no masking detected; trades: no masking detected"
     assert first in page
     changed = make_sweep(tmp_path / "b", flagged={"dd-T1", "dd-T20", "trades"} | {f"ltd-T{t}" for t in (1, 5, 10, 15, 20)})
     text = headline(matrix_table(load_inputs([changed]).entries))
-    assert text == "dd flagged at T = 1, 20; ltd flagged at every T; natural not flagged; trades flagged"
+    assert text == "dd masked at T = 1, 20; ltd masked at every T; natural: no masking detected; trades masked"
 
 
 def test_report_needs_no_torch() -> None:

@@ -22,11 +22,13 @@ class LossDisagreement(Check):
     only. A gap of at least `min_gap`, significant against `null_rate` (exact one-sided binomial
     test), is then explained on the points only the margin side broke: the same PGD-CE (same
     seed) reruns on z/c and on c*z for c in `scales`. The gap "closes" when fewer than
-    `closed_gap` of all points (or a non-significant count) stay unbroken by CE.
+    `closed_gap` of all points (or a non-significant count, or at most `kept_fraction` of the
+    gap) stay unbroken by CE.
     - closes under z/c and >= `evidence_fraction` of those points show saturation (clean top-1
       margin >= 17, where float32 softmax is exactly 1, or an exactly-zero CE input gradient):
       FAIL, saturated softmax (defensive distillation, scaled logits).
-    - closes under c*z: WARN, flat softmax: CE is a weak surrogate here, its gradients are not
+    - closes under c*z, or the median top-1 softmax probability on those points is below
+      `flat_probability`: WARN, flat softmax: CE is a weak surrogate here, its gradients are not
       hidden; CE-based numbers understate the attack; report the margin/worst-case number.
     - survives every rescaling: FAIL, disagreement not explained by logit scale.
     Reference: Carlini & Wagner 2016 (1607.04311); Croce & Hein 2020 (DLR, APGD);
@@ -39,6 +41,8 @@ class LossDisagreement(Check):
     alpha: float = 0.01
     closed_gap: float = 0.05
     evidence_fraction: float = 0.5
+    kept_fraction: float = 0.5
+    flat_probability: float = 0.5
     softmax_margin: float = 17.0
     scales: tuple[float, ...] = (10.0, 100.0, 1000.0)
 
@@ -75,11 +79,14 @@ class LossDisagreement(Check):
             spec = attacks.AttackSpec("pgd", "ce", bat.pgd_ce.steps, logit_scale=scale)  # seeded as PGD-CE
             still = ctx.outcome(spec, points=only).correct[only]
             residual[scale] = excess(int(still.sum()), ctx.n, self.null_rate)  # margin-only points CE still misses
-        closes = {s: r.gap < self.closed_gap or r.p_value >= self.alpha for s, r in residual.items()}
+        closes = {s: r.gap < self.closed_gap or r.p_value >= self.alpha or r.count <= self.kept_fraction * e.count
+                  for s, r in residual.items()}
         down = [s for s in residual if s < 1 and closes[s]]
         up = [s for s in residual if s > 1 and closes[s]]
         saturated = self._saturation(ctx, only)
+        p_top1 = float(ctx.clean_logits[only].softmax(1).max(1).values.median()) if len(only) else 1.0
         ev.update({"margin_only_points": len(only), "saturation_evidence_fraction": saturated,
+                   "median_top1_probability_margin_only": p_top1,
                    **{f"residual_gap_ce_x{s:g}": r.gap for s, r in residual.items()}})
         quote = f"{100 * acc['PGD-margin + APGD-DLR']:.1f}% (PGD-margin + APGD-DLR; the audit's worst case is lower or equal)"
         if down and saturated >= self.evidence_fraction:
@@ -88,12 +95,13 @@ class LossDisagreement(Check):
                 f"margin-loss attacks break {e.count} points ({pp(e.gap)}) that cross-entropy missed; CE on logits / {1 / s:g} "
                 f"closes the gap and {100 * saturated:.0f}% of those points are saturated (margin >= {self.softmax_margin:g} or "
                 f"zero CE gradient): the softmax saturates and hides the gradient; {self.remedy}."))
-        if up:
-            s = min(up)
+        if up or p_top1 < self.flat_probability:
+            why = (f"CE on logits x {min(up):g} finds them" if up else
+                   f"their median top-1 probability is {p_top1:.2f}")
             ev["quote"] = quote
             return self.result(ctx, severity=Severity.WARN, evidence=ev, plots=[plot], mechanism="flat softmax", summary=(
-                f"margin-loss attacks break {e.count} points ({pp(e.gap)}) that cross-entropy missed, but CE on logits x {s:g} "
-                f"finds them: the softmax is flat, CE is a weak surrogate and its gradients are not hidden. CE-based numbers "
+                f"margin-loss attacks break {e.count} points ({pp(e.gap)}) that cross-entropy missed, but {why}: the softmax "
+                f"is flat, CE is a weak surrogate and its gradients are not hidden. CE-based numbers "
                 f"(PGD-CE {100 * acc['PGD-CE']:.1f}%) understate the attack; report {quote}."))
         return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], summary=(
             f"margin-loss attacks break {e.count} points ({pp(e.gap)}, p={e.p_value:.2g}) that cross-entropy missed, and no "
