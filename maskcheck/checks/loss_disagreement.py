@@ -24,9 +24,10 @@ class LossDisagreement(Check):
     seed) reruns on z/c and on c*z for c in `scales`. The gap "closes" when fewer than
     `closed_gap` of all points (or a non-significant count, or at most `kept_fraction` of the
     gap) stay unbroken by CE.
-    - closes under z/c and >= `evidence_fraction` of those points show saturation (clean top-1
-      margin >= 17, where float32 softmax is exactly 1, or an exactly-zero CE input gradient):
-      FAIL, saturated softmax (defensive distillation, scaled logits).
+    - >= `evidence_fraction` of those points show saturation (clean top-1 margin >= 17, where
+      float32 softmax is exactly 1, or an exactly-zero CE input gradient) and the gap closes
+      under z/c, or does not close under c*z (logits x 1e4 need more than /1000): FAIL,
+      saturated softmax (defensive distillation, scaled logits).
     - closes under c*z, or the median top-1 softmax probability on those points is below
       `flat_probability`: WARN, flat softmax: CE is a weak surrogate here, its gradients are not
       hidden; CE-based numbers understate the attack; report the margin/worst-case number.
@@ -89,11 +90,11 @@ class LossDisagreement(Check):
                    "median_top1_probability_margin_only": p_top1,
                    **{f"residual_gap_ce_x{s:g}": r.gap for s, r in residual.items()}})
         quote = f"{100 * acc['PGD-margin + APGD-DLR']:.1f}% (PGD-margin + APGD-DLR; the audit's worst case is lower or equal)"
-        if down and saturated >= self.evidence_fraction:
-            s = max(down)
+        if saturated >= self.evidence_fraction and (down or not up):
+            how = f"CE on logits / {1 / max(down):g} closes the gap and " if down else ""
             return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], mechanism="saturated softmax", summary=(
-                f"margin-loss attacks break {e.count} points ({pp(e.gap)}) that cross-entropy missed; CE on logits / {1 / s:g} "
-                f"closes the gap and {100 * saturated:.0f}% of those points are saturated (margin >= {self.softmax_margin:g} or "
+                f"margin-loss attacks break {e.count} points ({pp(e.gap)}) that cross-entropy missed; {how}"
+                f"{100 * saturated:.0f}% of those points are saturated (margin >= {self.softmax_margin:g} or "
                 f"zero CE gradient): the softmax saturates and hides the gradient; {self.remedy}."))
         if up or p_top1 < self.flat_probability:
             why = (f"CE on logits x {min(up):g} finds them" if up else
