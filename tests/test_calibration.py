@@ -21,7 +21,7 @@ import torch.nn as nn
 from maskcheck.attacks import Rescaled
 from maskcheck.audit import run_audit
 from maskcheck.checkpoint import load_run
-from maskcheck.controls import make_control
+from maskcheck.controls import OffsetLogits, make_control
 from maskcheck.data import load_dataset
 from maskcheck.training import make_config, train_run
 
@@ -56,7 +56,7 @@ SOUND = {
 MASKED = {  # name -> (model, mechanism, audit settings)
     "dd-T100": (lambda s: trained("dd", s, 100.0), ("saturated logits", "saturated softmax"), {}),
     "logits-x1000": (lambda s: Rescaled(trained("natural", s), 1000.0).eval(), ("saturated logits",), {}),
-    "offset-1e6": (lambda s: make_control("offset", trained("natural", s)), ("logit offset (float32 resolution)",), {}),
+    "offset-1e6": (lambda s: OffsetLogits(trained("natural", s)).eval(), ("logit offset (float32 resolution)",), {}),
     "quantised": (lambda s: make_control("quantised", trained("natural", s)), ("vanishing gradients",), {}),
     "noisy (auto EOT)": (lambda s: make_control("noisy", trained("natural", s)), ("randomness",), {}),
     "noisy (no EOT)": (lambda s: make_control("noisy", trained("natural", s)), ("randomness",), {"eot": 1}),

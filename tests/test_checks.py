@@ -68,6 +68,15 @@ def test_scaled_logits_are_caught_by_the_loss_disagreement() -> None:
     assert result.verdict.grade == "masked"
 
 
+def test_a_large_logit_offset_is_caught_by_float32_resolution() -> None:
+    from maskcheck.controls import OffsetLogits
+
+    result = run_audit(OffsetLogits(honest_cnn()).eval(), digits(), eps=0.3, checks=["logit-magnitude"], **FAST)
+    c = result.check("logit-magnitude")
+    assert c.flagged and c.mechanism == "logit offset (float32 resolution)", c.summary
+    assert c.evidence["median_ulp_at_max_abs_logit"] > 1e-3 * c.evidence["median_margin"]
+
+
 def test_flat_softmax_is_attack_sensitive_not_masked() -> None:
     """Logits x 0.01: CE is a weak surrogate on a flat softmax; sharpening the logits closes the gap."""
     from maskcheck.attacks import Rescaled
