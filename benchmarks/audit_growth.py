@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import loglog_exponent, parser, print_table, seconds, setup, verdict  # noqa: E402
 from _models import KINDS, train  # noqa: E402
 
-from maskcheck.audit import run_audit  # noqa: E402
+from maskcheck.auditing import run_audit  # noqa: E402
 from maskcheck.data import load_dataset  # noqa: E402
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import parser, print_table, seconds, setup, verdict  # noqa: E402
 from _models import models_for  # noqa: E402
 
-from maskcheck.audit import run_audit  # noqa: E402
+from maskcheck.auditing import run_audit  # noqa: E402
 from maskcheck.data import load_dataset  # noqa: E402
 
 

@@ -13,13 +13,13 @@ Data flows one way: data -> models -> methods/training -> checkpoint -> audit (c
 from __future__ import annotations
 
 import importlib
-import types
 from typing import Any
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it, imported on first access (PEP 562)
 _EXPORTS = {
+    "audit": "api",  # the engine is maskcheck.auditing, so this name is free for the function
     "audit_loader": "api",
     "ArgumentError": "api",
     "AuditResult": "results",
@@ -32,39 +32,13 @@ _EXPORTS = {
     "InputError": "errors",
 }
 
-__all__ = ["audit", *_EXPORTS, "__version__"]
-
-
-class _AuditModule(types.ModuleType):
-    """`maskcheck.audit` is both the engine module and the API call `maskcheck.audit(model, x, y, eps=...)`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import audit
-
-        return audit(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    """Python binds a submodule to its package attribute on import; this makes the `audit`
-    submodule callable at that moment, whatever imports it first (the CLI, a test, a user)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "audit" and type(value) is types.ModuleType:
-            value.__class__ = _AuditModule
-        super().__setattr__(name, value)
+__all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "audit":
-        importlib.import_module(".audit", __name__)  # binds it through _Package.__setattr__
-        return globals()["audit"]
+    """PEP 562: load an export on first access, so `import maskcheck` does not import torch."""
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-import sys as _sys  # noqa: E402 - the class swap must follow the definitions above
-
-_sys.modules[__name__].__class__ = _Package

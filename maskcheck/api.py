@@ -5,7 +5,7 @@
     result.flagged          # the checks that flagged masking ([] when none)
     result.report("audit.html")
 
-This is a thin layer over the engine the CLI runs (`maskcheck.audit.run_audit`); `_run_engine`
+This is a thin layer over the engine the CLI runs (`maskcheck.auditing.run_audit`); `_run_engine`
 is the only place that calls it. The layer adds what a library owes its caller:
 
 - arguments checked in Python terms: a bad value raises `ArgumentError` (a `ValueError`) whose
@@ -67,7 +67,7 @@ def audit(
     progress: bool = True,
     num_classes: int | None = None,
     name: str | None = None,
-    eot: int = 1,
+    eot: int | None = None,
     square_queries: int | None = None,
     apgd_iters: int | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
@@ -84,7 +84,8 @@ def audit(
     device: where the audit runs; None = the model's device. The model goes back afterwards.
     seed: the audit's own seed; the same seed gives the same JSON (timestamps aside).
     num_classes: None = read from the model's output. name: the model's name in the report
-        (default: its class name). eot, square_queries, overrides: as `maskcheck audit`;
+        (default: its class name). eot: draws per gradient and prediction (None = automatic: 20 when
+        the model is found randomised, else 1). square_queries, overrides: as `maskcheck audit`;
         apgd_iters (default 100, AutoAttack's) and square_queries (default 5000) trade
         strength for time: lower them only for quick tests, never for a number you report.
     Raises `ArgumentError` (a `ValueError`) naming the bad parameter.
@@ -102,7 +103,8 @@ def audit(
         x, y = x[:n], y[:n]
     names = _check_names(checks)
     _check_int("seed", seed, minimum=0)
-    _check_int("eot", eot, minimum=1)
+    if eot is not None:
+        _check_int("eot", eot, minimum=1)
     for param, value in (("square_queries", square_queries), ("apgd_iters", apgd_iters)):
         if value is not None:
             _check_int(param, value, minimum=1)
@@ -150,10 +152,10 @@ def audit_loader(model: "nn.Module | LoadedModel", loader: Iterable[Any], *, n: 
 
 def _run_engine(model: "nn.Module | LoadedModel", x: "torch.Tensor", y: "torch.Tensor", *, eps: float, norm: str,
                 checks: list[str] | None, seed: int, device: "torch.device", progress: bool, num_classes: int,
-                eot: int, square_queries: int | None, apgd_iters: int | None,
+                eot: int | None, square_queries: int | None, apgd_iters: int | None,
                 overrides: Mapping[str, Mapping[str, Any]] | None) -> "AuditResult":
-    """The integration point with the audit engine: the only call into `maskcheck.audit`."""
-    from .audit import run_audit
+    """The integration point with the audit engine: the only call into `auditing.run_audit`."""
+    from .auditing import run_audit
 
     options = {k: v for k, v in (("square_queries", square_queries), ("apgd_iters", apgd_iters)) if v is not None}
     try:

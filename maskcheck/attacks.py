@@ -1,14 +1,16 @@
-"""Attacks as plain functions over (model, x, y). Inputs and outputs live in [0, 1].
+"""Attacks over (model, x, y), inputs and outputs in [0, 1], and the `AttackSpec` that names each run.
 
-The gradient attacks here are written out because the checks need their internals (the
-per-iteration loss, start-point gradients, per-example outcomes); AutoAttack's APGD and Square
-and foolbox's attacks are used through adapters where their strength matters.
+The gradient attacks (PGD, FGSM) are written out because the checks need their internals (the
+per-iteration loss, per-example outcomes); AutoAttack's APGD/FAB/Square and foolbox's noise and
+FMN attacks are used through adapters (`ADAPTERS`, keyed by `AttackSpec.kind`). The audit runs
+each `AttackSpec` at most once (maskcheck.auditing); adding an attack is an adapter here plus its test.
 
 Losses are per-example (shape (B,)) and are *maximised* by the attacker.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -31,14 +33,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return other.max(1).values - true
 
 
-def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Difference of Logits Ratio (Croce & Hein 2020, Eq. 6): margin / (z_pi1 - z_pi3). Scale-invariant."""
-    sorted_logits = logits.sort(1, descending=True).values
-    denom = sorted_logits[:, 0] - sorted_logits[:, 2] + 1e-12
-    return margin_loss(logits, y) / denom
-
-
-LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss}
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -78,7 +73,6 @@ class AttackResult:
     x_adv: torch.Tensor
     correct: torch.Tensor  # bool (B,): still classified correctly at x_adv
     loss_history: torch.Tensor | None = None  # (steps + 1, B) attack loss per iteration, last restart
-    start_grad_norm: torch.Tensor | None = None  # (B,) L1 norm of the loss gradient at the start point
 
 
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +116,6 @@ def pgd(
         best_correct = model(x).argmax(1) == y
         best_loss = torch.full((n,), float("-inf"), device=x.device)
     history: list[torch.Tensor] = []
-    start_norm = None
     for _ in range(max(restarts, 1)):
         if start == "uniform":
             x_adv = random_start(x, eps, norm, generator)
@@ -156,9 +149,6 @@ def pgd(
             if i == steps:
                 break
             (grad,) = torch.autograd.grad(per_ex.sum(), xa)
-            if i == 0 and record:
-                start_norm = torch.zeros(n, device=x.device)
-                start_norm[idx] = grad.flatten(1).abs().sum(1)
             with torch.no_grad():
                 x_adv[idx] = project(xa.detach() + _step(grad, step_size, norm), x[idx], eps, norm)
                 if stop_when_broken:
@@ -169,7 +159,6 @@ def pgd(
         x_adv=best.detach(),
         correct=best_correct,
         loss_history=torch.stack(history) if record and history else None,
-        start_grad_norm=start_norm,
     )
 
 
@@ -187,3 +176,296 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     return (predict(model, x, batch_size).argmax(1) == y.cpu()).float().mean().item() if len(y) else float("nan")
+
+
+# ---------------------------------------------------------------------- model wrappers
+
+
+class EOT(nn.Module):
+    """Expectation over Transformation (Athalye et al. 2018): average the logits of K forward passes.
+
+    Its gradient is the average over the K draws, as in foolbox's ExpectationOverTransformationWrapper.
+    """
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.model(x) for _ in range(self.k)]).mean(0)
+
+
+class Rescaled(nn.Module):
+    """Logits multiplied by `scale`: the same classifier, a sharper (scale > 1) or flatter softmax."""
+
+    def __init__(self, model: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.scale
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward returns a contiguous gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd API
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return grad.contiguous()
+
+
+class ContiguousGrad(nn.Module):
+    """Hands attacks contiguous input gradients from a channels_last model.
+
+    pyautoattack's APGD-T calls `grad.view(...)` in check_zero_gradients, which fails on the
+    channels_last gradient a channels_last network returns (issue 13 item 2).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_ContiguousGrad.apply(x))
+
+
+# ---------------------------------------------------------------------- attack specs and adapters
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack run of an audit, by value: two equal specs are the same run, done once.
+
+    kind: an `ADAPTERS` key. eps None = the audit's eps. `after`: the run attacks only the
+    points still standing after all of these runs (AutoAttack's cascade), so its outcome is
+    cumulative: correct = correct after `after` and after this attack. `label`: its key in the
+    audit's `robust_acc` ("" = not reported there). `logit_scale`: the attack sees logits x scale.
+    """
+
+    kind: str
+    loss: str = "ce"
+    steps: int = 20
+    eps: float | None = None
+    restarts: int = 1
+    targeted: bool = False
+    after: tuple["AttackSpec", ...] = ()
+    label: str = ""
+    logit_scale: float = 1.0
+    record: bool = False  # own PGD: keep the loss per iteration (convergence check)
+    queries: int = 0  # Square: queries (0 = the audit's --square-queries); noise: draws per point
+    max_points: int | None = None  # attack at most this many standing points (noise sampling)
+    white_box: bool = True  # counts in the audit's "white-box" figure (at the audit's eps)
+
+    @property
+    def depth(self) -> int:
+        return 1 + max((a.depth for a in self.after), default=0)
+
+    @property
+    def cost(self) -> float:
+        """A rough relative cost (forward-backward passes per point) for ordering the plan."""
+        per = {"fgsm": 1, "pgd": self.steps, "apgd": self.steps, "apgd-t": 9 * self.steps, "fab-t": 9 * self.steps * 2,
+               "square": self.queries or 5000, "noise": self.queries / 10, "fmn": self.steps}
+        return per.get(self.kind, self.steps) * self.restarts
+
+
+@dataclass(frozen=True)
+class AttackEnv:
+    """What every adapter needs besides the spec: the threat model, seeds and the model's class count."""
+
+    eps: float
+    norm: str
+    num_classes: int
+    seed: int
+    eot: int
+    square_queries: int
+    device: torch.device
+
+
+Adapter = Callable[[AttackSpec, nn.Module, torch.Tensor, torch.Tensor, AttackEnv, torch.Generator], AttackResult]
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def adapter(kind: str) -> Callable[[Adapter], Adapter]:
+    def register(fn: Adapter) -> Adapter:
+        ADAPTERS[kind] = fn
+        return fn
+    return register
+
+
+def _aa_norm(norm: str) -> str:
+    return {"linf": "Linf", "l2": "L2"}[norm]
+
+
+def _aa_logger():  # noqa: ANN202
+    """pyautoattack logs its zero-gradient warning per batch; gradient-health reports it instead."""
+    import logging
+
+    log = logging.getLogger("maskcheck.pyautoattack")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
+    return log
+
+
+def _scored(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> AttackResult:
+    with torch.no_grad():
+        return AttackResult(x_adv=x_adv, correct=model(x_adv).argmax(1) == y)
+
+
+def _spec_seed(spec: AttackSpec, env: AttackEnv) -> int:
+    from .config import derived_seed
+
+    return derived_seed(env.seed, f"{spec.kind}-{spec.loss}-{spec.steps}")
+
+
+@adapter("pgd")
+def _pgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    return pgd(model, x, y, eps=spec.eps or env.eps, norm=env.norm, steps=spec.steps, loss=spec.loss, restarts=spec.restarts,
+               generator=gen, record=spec.record, stop_when_broken=True)
+
+
+@adapter("fgsm")
+def _fgsm(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    return fgsm(model, x, y, eps=spec.eps or env.eps, norm=env.norm, loss=spec.loss)
+
+
+@adapter("apgd")
+def _apgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    """pyautoattack's untargeted APGD with loss 'ce' or 'dlr' (Croce & Hein 2020)."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from .config import derived_seed
+
+    a = APGDAttack(model, n_iter=spec.steps, norm=_aa_norm(env.norm), n_restarts=spec.restarts, eps=spec.eps or env.eps,
+                   loss=spec.loss, seed=derived_seed(env.seed, "apgd-ce" if spec.loss == "ce" else f"apgd-{spec.loss}"),
+                   eot_iter=env.eot, device=env.device, logger=_aa_logger())
+    return _scored(model, a.perturb(x, y), y)
+
+
+@adapter("apgd-t")
+def _apgd_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    """Targeted APGD-DLR, 9 target classes as AutoAttack standard (needs > 3 classes)."""
+    from pyautoattack.autopgd_base import APGDAttack_targeted
+
+    from .config import derived_seed
+
+    if env.num_classes < 4:
+        return _scored(model, x, y)
+    a = APGDAttack_targeted(model, n_iter=spec.steps, norm=_aa_norm(env.norm), n_restarts=spec.restarts, eps=spec.eps or env.eps,
+                            seed=derived_seed(env.seed, "apgd-t"), eot_iter=env.eot, device=env.device,
+                            n_target_classes=min(9, env.num_classes - 1), logger=_aa_logger())
+    return _scored(model, a.perturb(x, y), y)
+
+
+@adapter("fab-t")
+def _fab_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    """Targeted FAB with AutoAttack standard's settings (autoattack.py: n_target_classes 9, 100 it., 1 restart)."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    from .config import derived_seed
+
+    if env.num_classes < 3:
+        return _scored(model, x, y)
+    a = FABAttack_PT(model, norm=_aa_norm(env.norm), n_restarts=spec.restarts, n_iter=spec.steps, eps=spec.eps or env.eps,
+                     seed=derived_seed(env.seed, "fab-t"), targeted=True, n_target_classes=min(9, env.num_classes - 1),
+                     device=env.device)
+    return _scored(model, a.perturb(x, y), y)
+
+
+@adapter("square")
+def _square(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    """Square (black-box, Andriushchenko et al. 2020) with AutoAttack standard's p_init 0.8."""
+    from pyautoattack.square import SquareAttack
+
+    from .config import derived_seed
+
+    sq = SquareAttack(model, norm=_aa_norm(env.norm), n_queries=spec.queries or env.square_queries, eps=spec.eps or env.eps,
+                      p_init=0.8, n_restarts=1, seed=derived_seed(env.seed, "square"), device=env.device, resc_schedule=False)
+    with torch.no_grad():
+        return _scored(model, sq.perturb(x, y), y)
+
+
+NOISE_TILE = 10  # noise draws per point per forward pass (fewer, larger batches for foolbox)
+
+
+@adapter("noise")
+def _noise(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    """foolbox's repeated additive uniform noise, `spec.queries` draws per point (batched `NOISE_TILE` at a time)."""
+    import foolbox as fb
+
+    from .config import derived_seed, seed_everything
+
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=env.device)
+    cls = fb.attacks.LinfRepeatedAdditiveUniformNoiseAttack if env.norm == "linf" else fb.attacks.L2RepeatedAdditiveUniformNoiseAttack
+    tile = min(NOISE_TILE, spec.queries)
+    attack = cls(repeats=math.ceil(spec.queries / tile), check_trivial=True)
+    seed_everything(derived_seed(env.seed, f"noise-{spec.queries}"))  # foolbox draws from torch's global RNG
+    _, _, success = attack(fmodel, x.repeat(tile, *[1] * (x.ndim - 1)), y.repeat(tile), epsilons=spec.eps or env.eps)
+    return AttackResult(x_adv=x, correct=~success.view(tile, -1).any(0))
+
+
+@adapter("fmn")
+def _fmn(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    """foolbox FMN (Pintor et al. 2021), epsilons=None: unbounded minimal-norm."""
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=env.device)
+    attack = (fb.attacks.LInfFMNAttack if env.norm == "linf" else fb.attacks.L2FMNAttack)(steps=spec.steps)
+    _, adv, success = attack(fmodel, x, y, epsilons=None)
+    return AttackResult(x_adv=adv, correct=~success)
+
+
+def run_spec(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
+    """Run one spec on a batch: the model gets the spec's logit scale and contiguous input gradients."""
+    if spec.logit_scale != 1.0:
+        model = Rescaled(model, spec.logit_scale)
+    return ADAPTERS[spec.kind](spec, ContiguousGrad(model).eval(), x.contiguous(), y, env, gen)
+
+
+PGD_STEPS = 20  # the audit's own PGD (CE and margin: a matched pair)
+
+
+@dataclass(frozen=True)
+class Battery:
+    """The audit's standard attacks as specs; checks name what they need from here.
+
+    Matched pairs for the loss comparison: PGD-CE / PGD-margin (same steps, step size, start),
+    APGD-CE / untargeted APGD-DLR (same iterations and restarts). APGD-T and FAB-T serve the
+    worst case and the AutoAttack-standard figure only.
+    """
+
+    pgd_ce: AttackSpec
+    pgd_margin: AttackSpec
+    fgsm: AttackSpec
+    apgd_ce: AttackSpec
+    apgd_dlr: AttackSpec
+    apgd_t: AttackSpec
+    fab_t: AttackSpec
+    square: AttackSpec
+
+    @classmethod
+    def standard(cls, apgd_iters: int = 100) -> "Battery":
+        pgd_ce = AttackSpec("pgd", "ce", PGD_STEPS, label="pgd-ce", record=True)
+        pgd_margin = AttackSpec("pgd", "margin", PGD_STEPS, label="pgd-margin", record=True)
+        apgd_ce = AttackSpec("apgd", "ce", apgd_iters, after=(pgd_ce,), label="apgd-ce")
+        apgd_t = AttackSpec("apgd-t", "dlr", apgd_iters, targeted=True, after=(apgd_ce,), label="apgd-t")
+        return cls(
+            pgd_ce=pgd_ce, pgd_margin=pgd_margin, fgsm=AttackSpec("fgsm", "ce", 1, label="fgsm"), apgd_ce=apgd_ce,
+            apgd_dlr=AttackSpec("apgd", "dlr", apgd_iters, after=(pgd_margin,), label="apgd-dlr"), apgd_t=apgd_t,
+            fab_t=AttackSpec("fab-t", "fab", apgd_iters, targeted=True, after=(apgd_t,), label="fab-t"),
+            square=AttackSpec("square", "margin", 1, after=(pgd_ce,), label="square", white_box=False),
+        )
+
+    @property
+    def white_box(self) -> tuple[AttackSpec, ...]:
+        """Every white-box attack at the audit's eps except FAB-T (which runs only beside Square)."""
+        return (self.pgd_ce, self.pgd_margin, self.fgsm, self.apgd_ce, self.apgd_dlr, self.apgd_t)
+
+    @property
+    def autoattack_standard(self) -> tuple[AttackSpec, ...]:
+        """AutoAttack version='standard': APGD-CE, APGD-T, FAB-T, Square (autoattack.py _set_version)."""
+        return (self.apgd_ce, self.apgd_t, self.fab_t, self.square)

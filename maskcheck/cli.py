@@ -215,8 +215,9 @@ def audit_cmd(
     n: int = typer.Option(1000, "--n", help="Number of held-out points to audit."),
     checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated checks to run (default: all)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Audit JSON (default: MODEL/audit.json for a run folder, else audit.json)."),
-    fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit 1 when any check flags masking."),
-    eot: int = typer.Option(1, "--eot", help="Rerun gradient attacks with expectation over K draws."),
+    fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit 1 when the verdict is 'masked' (same as --fail-on masked)."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 at this grade or worse: masked, or warn (also 'attack-sensitive')."),
+    eot: Optional[int] = typer.Option(None, "--eot", help="EOT draws per gradient and prediction (default: 20 if the model is randomised, else 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every attack's randomness."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -237,7 +238,7 @@ def audit_cmd(
 ) -> None:
     """Run the gradient-masking checks on a model (or rb:<RobustBench name>) and write the audit JSON."""
     from .api import audit as run_api_audit
-    from .audit import default_out, resolve_checks, run_threat
+    from .auditing import default_out, resolve_checks, run_threat
     from .checkpoint import load_model
     from .config import parse_eps, resolve_device
     from .data import load_dataset, load_points
@@ -252,6 +253,8 @@ def audit_cmd(
                         ("--timeout-per-batch", timeout_per_batch)):
         if not value > 0 or value == float("inf"):
             raise MaskcheckError(f"{flag} must be a positive finite number; got {value}.")
+    if fail_on not in (None, "masked", "warn", "attack-sensitive"):
+        raise MaskcheckError(f"--fail-on must be masked or warn (= attack-sensitive); got {fail_on!r}.")
     names = resolve_checks(checks)
     out_path = out or default_out(model)
     check_out_path(out_path, "--out")  # before the audit, which may take hours
@@ -288,7 +291,8 @@ def audit_cmd(
     acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.robust_acc.items())
     info(f"clean {100 * result.clean_acc:.1f}%; robust: {acc}")
     typer.echo(f"{result.verdict.text} ({path})")
-    if fail_on_flag and result.verdict.flagged:
+    strict = fail_on in ("warn", "attack-sensitive") and result.verdict.grade != "no masking detected"
+    if strict or ((fail_on_flag or fail_on == "masked") and result.verdict.flagged):
         raise typer.Exit(1)
 
 

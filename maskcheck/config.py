@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import platform
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
@@ -38,6 +38,65 @@ class ThreatModel:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _positive_int(value: Any, flag: str, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{flag} must be a positive {what}; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Every setting that changes an audit's numbers; stored in audit.json `config`.
+
+    A sweep re-audits a model when its stored config differs from the one asked for. `eot`
+    None means automatic: 20 draws when the model is found randomised, else 1 (`EOT_AUTO_DRAWS`).
+    `checks` None means every registered check; `overrides` maps a check to threshold overrides.
+    """
+
+    threat: ThreatModel
+    n: int = 1000
+    checks: tuple[str, ...] | None = None
+    seed: int = 0
+    eot: int | None = None
+    square_queries: int = 5000  # AutoAttack standard (autoattack.py: SquareAttack n_queries=5000)
+    apgd_iters: int = 100  # AutoAttack standard (autoattack.py _set_version)
+    batch_size: int = 500
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    autoattack_standard: bool = True  # add FAB-T beside Square for robust_acc["autoattack-standard"]
+
+    def __post_init__(self) -> None:
+        _positive_int(self.n, "--n", "number of points")
+        if self.eot is not None:
+            _positive_int(self.eot, "--eot", "number of draws")
+        _positive_int(self.square_queries, "--square-queries", "integer")
+        _positive_int(self.apgd_iters, "apgd_iters", "integer")
+        _positive_int(self.batch_size, "batch_size", "integer")
+        if isinstance(self.checks, str):
+            object.__setattr__(self, "checks", tuple(p.strip() for p in self.checks.split(",") if p.strip()))
+        elif self.checks is not None:
+            object.__setattr__(self, "checks", tuple(self.checks))
+
+    def __hash__(self) -> int:  # overrides is a dict; hash what identifies the audit
+        return hash((self.threat, self.n, self.checks, self.seed, self.eot, self.square_queries, self.apgd_iters,
+                     self.autoattack_standard))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checks"] = list(self.checks) if self.checks is not None else None
+        d["overrides"] = {k: dict(v) for k, v in self.overrides.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AuditConfig":
+        d = dict(d)
+        d["threat"] = ThreatModel(**d["threat"])
+        if d.get("checks") is not None:
+            d["checks"] = tuple(d["checks"])
+        return cls(**d)
+
+
+EOT_AUTO_DRAWS = 20  # ours: AutoAttack's version='rand' uses EOT with 20 iterations (autoattack.py)
 
 
 def check_eps(eps: float) -> float:

@@ -23,7 +23,7 @@ import gzip
 import io
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -90,7 +90,6 @@ class Splits:
     train_oracle: torch.Tensor | None = None
     heldout_oracle: torch.Tensor | None = None
     source: str = ""
-    extra: dict = field(default_factory=dict)
 
     def heldout_tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `n` held-out points as (x in [0, 1], y) tensors."""

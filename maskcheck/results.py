@@ -58,9 +58,10 @@ class CheckResult:
     evidence: Mapping[str, Any]  # the numbers behind the verdict
     params: Mapping[str, Any]  # thresholds and settings it ran with, seed included
     plots: tuple[PlotData, ...] = ()
-    mechanism: str | None = None  # e.g. "saturated logits", "vanishing gradients", when flagged
+    mechanism: str | None = None  # e.g. "saturated logits" when flagged; the cause of a WARN too
     remedy: str | None = None
     duration_s: float = 0.0
+    doc: str = ""  # the check's documentation (its class docstring: flags when / why / reference)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,24 +76,74 @@ class CheckResult:
         return cls(**d)
 
 
+MASKED, ATTACK_SENSITIVE, NO_MASKING = "masked", "attack-sensitive", "no masking detected"
+GRADES = (MASKED, ATTACK_SENSITIVE, NO_MASKING)
+
+
 @dataclass(frozen=True)
 class Verdict:
+    """The graded verdict of an audit.
+
+    - `masked`: some check FAILed: evidence that the reported robustness is illusory; the
+      mechanisms are named (e.g. "saturated softmax", "vanishing gradients").
+    - `attack-sensitive`: no FAIL but some check WARNed: gradients work, but the usual attack
+      (PGD-CE) understates the attack surface; quote the stronger attack's number (`quote`).
+    - `no masking detected`: every check ran clean. Never "robust": passing is not a proof.
+    `flagged` is exactly `grade == "masked"` (what --fail-on-flag and `maskcheck regress` use).
+    """
+
     flagged: bool
     mechanisms: tuple[str, ...]
-    text: str  # "masking suspected: ..." or "no masking detected by N checks" -- never "robust"
+    text: str
     n_checks: int
     n_flagged: int
+    grade: str = ""
+    quote: Mapping[str, Any] | None = None  # {"attack": "worst-case", "acc": 0.345}: the number to report
+    notes: tuple[str, ...] = ()  # e.g. "EOT over 20 draws (the model is randomised); ..."
+
+    def __post_init__(self) -> None:
+        if not self.grade:  # audit JSON written before grades existed
+            object.__setattr__(self, "grade", MASKED if self.flagged else NO_MASKING)
 
     @classmethod
-    def from_checks(cls, checks: list[CheckResult], headline: str = "") -> "Verdict":
+    def from_checks(cls, checks: list[CheckResult], headline: str = "", robust_acc: Mapping[str, float] | None = None,
+                    notes: tuple[str, ...] = ()) -> "Verdict":
         ran = [c for c in checks if c.severity is not Severity.SKIPPED]
         flagged = [c for c in ran if c.flagged]
-        mechanisms = tuple(dict.fromkeys(c.mechanism or c.check for c in flagged))
+        warned = [c for c in ran if c.severity is Severity.WARN]
+        robust_acc = dict(robust_acc or {})
+        quote = None
+        for key in ("worst-case", "white-box"):
+            if key in robust_acc:
+                quote = {"attack": key, "acc": robust_acc[key]}
+                break
+        tail = f" [{'; '.join(notes)}]" if notes else ""
         if flagged:
-            text = "masking suspected: " + ", ".join(mechanisms) + (f"; {headline}" if headline else "")
-        else:
-            text = f"no masking detected by {len(ran)} checks"
-        return cls(bool(flagged), mechanisms, text, len(ran), len(flagged))
+            mechanisms = tuple(dict.fromkeys(c.mechanism or c.check for c in flagged))
+            text = "masked: " + ", ".join(mechanisms) + (f"; {headline}" if headline else "")
+            return cls(True, mechanisms, text + tail, len(ran), len(flagged), MASKED, quote, notes)
+        if warned:
+            mechanisms = tuple(dict.fromkeys(c.mechanism or c.check for c in warned))
+            text = "attack-sensitive: " + ", ".join(mechanisms)
+            if quote:
+                pgd = robust_acc.get("pgd-ce")
+                text += f"; report {quote['attack']} robust accuracy {100 * quote['acc']:.1f}%"
+                text += f", not PGD-CE's {100 * pgd:.1f}%" if pgd is not None and pgd > quote["acc"] else ""
+            return cls(False, mechanisms, text + tail, len(ran), 0, ATTACK_SENSITIVE, quote, notes)
+        return cls(False, (), f"no masking detected by {len(ran)} checks" + tail, len(ran), 0, NO_MASKING, quote, notes)
+
+    @classmethod
+    def from_dict(cls, v: Mapping[str, Any]) -> "Verdict":
+        return cls(v["flagged"], tuple(v["mechanisms"]), v["text"], v["n_checks"], v["n_flagged"], v.get("grade", ""),
+                   v.get("quote"), tuple(v.get("notes", ())))
+
+
+def _graded(verdict: Mapping[str, Any], checks: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """An audit JSON written before grades existed: masked if flagged, attack-sensitive if a check warned."""
+    if verdict.get("grade"):
+        return verdict
+    warned = any(c.get("severity") == Severity.WARN.value for c in checks)
+    return {**verdict, "grade": MASKED if verdict["flagged"] else ATTACK_SENSITIVE if warned else NO_MASKING}
 
 
 @dataclass
@@ -107,6 +158,7 @@ class AuditResult(AuditResultAPI):
     verdict: Verdict
     provenance: Mapping[str, Any]  # maskcheck/torch versions, device, seed, created
     timings: Mapping[str, float] = field(default_factory=dict)
+    config: Mapping[str, Any] | None = None  # the AuditConfig it ran with (config.AuditConfig.to_dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,9 +171,10 @@ class AuditResult(AuditResultAPI):
             "n": self.n,
             "clean_acc": self.clean_acc,
             "robust_acc": dict(self.robust_acc),
-            "verdict": asdict(self.verdict),
+            "verdict": {**asdict(self.verdict), "notes": list(self.verdict.notes)},
             "checks": [c.to_dict() for c in self.checks],
             "timings": dict(self.timings),
+            "config": dict(self.config) if self.config is not None else None,
         }
 
     @classmethod
@@ -131,12 +184,11 @@ class AuditResult(AuditResultAPI):
             if version != SCHEMA_VERSION:
                 raise InputError(f"audit JSON has schema_version {version}; this maskcheck reads {SCHEMA_VERSION}. Rerun the audit.")
             prov_keys = ("maskcheck_version", "torch_version", "python_version", "device", "seed", "created")
-            v = d["verdict"]
             return cls(
                 model=d["model"], dataset=d["dataset"], threat=d["threat"], n=d["n"], clean_acc=d["clean_acc"],
                 robust_acc=d["robust_acc"], checks=[CheckResult.from_dict(c) for c in d["checks"]],
-                verdict=Verdict(v["flagged"], tuple(v["mechanisms"]), v["text"], v["n_checks"], v["n_flagged"]),
-                provenance={k: d.get(k) for k in prov_keys}, timings=d.get("timings", {}), schema_version=version,
+                verdict=Verdict.from_dict(_graded(d["verdict"], d["checks"])), provenance={k: d.get(k) for k in prov_keys},
+                timings=d.get("timings", {}), config=d.get("config"), schema_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"not a maskcheck audit JSON (missing or bad field {exc}). Produce it with maskcheck audit.") from None

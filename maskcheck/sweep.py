@@ -41,7 +41,7 @@ from . import checkpoint
 from .config import format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
-from .audit import DEFAULT_SQUARE_QUERIES
+from .auditing import DEFAULT_SQUARE_QUERIES
 from .training import DATASET_DEFAULTS, LAST_CKPT, make_config, train_run
 
 SWEEP_FILE = "sweep.json"
@@ -664,7 +664,7 @@ class _AuditTask:
 
 def _audit_task(task: _AuditTask, device: str) -> str:
     """Audit one finished run into RUN/audit.json (a pool task); returns the verdict text."""
-    from .audit import run_audit, run_threat
+    from .auditing import run_audit, run_threat
     from .checkpoint import load_model
     from .data import load_dataset
 

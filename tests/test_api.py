@@ -61,10 +61,11 @@ def test_import_maskcheck_does_not_load_torch() -> None:
     assert out.stdout.strip() == "True"
 
 
-def test_audit_is_callable_and_still_the_engine_module() -> None:
-    from maskcheck.audit import run_audit
+def test_audit_is_the_api_function_and_the_engine_keeps_its_own_module() -> None:
+    import maskcheck.auditing  # importing the engine must not shadow the function (it once did: same name)
+    from maskcheck.api import audit
 
-    assert callable(maskcheck.audit) and maskcheck.audit.run_audit is run_audit
+    assert maskcheck.audit is audit and callable(maskcheck.audit)
     assert maskcheck.AuditResult is AuditResult
 
 

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from controls import MASKED, digits, honest_cnn
 from maskcheck import attacks
-from maskcheck.audit import run_audit
+from maskcheck.auditing import audit_config, run_audit
+from maskcheck.config import AuditConfig
 from maskcheck.errors import InputError
 from maskcheck.results import SCHEMA_VERSION, AuditResult
 
-SMALL = dict(n=100, seed=0, progress=False, square_queries=200, apgd_iters=20)
+SMALL = dict(n=100, seed=0, progress=False, square_queries=200, apgd_iters=20, autoattack_standard=False)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def test_json_has_schema_version_and_round_trips(audit_eps01, tmp_path) -> None:
     assert back.to_dict() == audit_eps01.to_dict()
     d = audit_eps01.to_dict()
     assert d["schema_version"] == SCHEMA_VERSION and d["seed"] == 0 and d["torch_version"]
-    assert {"pgd-ce", "white-box", "square", "worst-case", "apgd-ce", "apgd-t", "fgsm"} <= set(d["robust_acc"])
+    assert {"pgd-ce", "white-box", "square", "worst-case", "apgd-ce", "apgd-dlr", "apgd-t", "fgsm"} <= set(d["robust_acc"])
+    assert AuditConfig.from_dict(d["config"]) == audit_config(eps=0.1, **{k: v for k, v in SMALL.items() if k != "progress"})
     assert "total" in d["timings"] and any(k.startswith("attack:square") for k in d["timings"])
 
 
@@ -52,7 +54,7 @@ def test_worst_case_is_the_per_example_minimum(audit_eps01) -> None:
 def test_verdict_never_says_robust(audit_eps01) -> None:
     assert not audit_eps01.verdict.flagged, audit_eps01.verdict.text  # honest CNN with points standing
     assert "robust" not in audit_eps01.verdict.text
-    assert audit_eps01.verdict.text.startswith(("no masking detected by", "masking suspected"))
+    assert audit_eps01.verdict.text.startswith(("no masking detected by", "masked", "attack-sensitive"))
 
 
 def test_same_seed_gives_identical_json(audit_eps01) -> None:
@@ -69,8 +71,74 @@ def test_same_seed_reproduces_a_randomised_model() -> None:
 def test_eot_runs_gradient_attacks_over_k_draws() -> None:
     noisy = MASKED["noisy"][0](honest_cnn())
     result = run_audit(noisy, digits(), eps=0.3, eot=3, checks=["autoattack-flags"], **SMALL)
-    assert result.check("autoattack-flags").params["eot"] == 3
+    assert result.check("autoattack-flags").evidence["eot_draws"] == 3
     assert result.check("autoattack-flags").flagged
+
+
+def test_a_randomised_model_gets_eot_automatically_and_the_verdict_says_so() -> None:
+    noisy = MASKED["noisy"][0](honest_cnn())
+    result = run_audit(noisy, digits(), eps=0.3, checks=["autoattack-flags"], **SMALL)
+    assert result.check("autoattack-flags").evidence["eot_draws"] == 20
+    assert "EOT over 20 draws (the model is randomised)" in result.verdict.text and result.verdict.notes
+    det = run_audit(honest_cnn(), digits(), eps=0.3, checks=["autoattack-flags"], **SMALL)
+    assert det.check("autoattack-flags").evidence["eot_draws"] == 1 and not det.verdict.notes
+
+
+def test_majority_scoring_over_draws() -> None:
+    """A model right on 2 of 3 draws counts as correct; right on 1 of 3 as broken."""
+    from maskcheck.auditing import AuditContext
+
+    class Flip(nn.Module):
+        def __init__(self, right: int) -> None:
+            super().__init__()
+            self.right, self.calls = right, 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            good = (self.calls - 1) % 3 < self.right
+            return torch.eye(2)[[0 if good else 1] * len(x)]
+
+    x, y = torch.zeros(4, 1), torch.zeros(4, dtype=torch.long)
+    for right, expect in ((2, True), (1, False)):
+        ctx = AuditContext(Flip(right), x, y, num_classes=2, config=audit_config(eps=0.1, eot=3), progress=False)
+        assert ctx.score(x, y).tolist() == [expect] * 4
+
+
+def test_a_check_defined_here_joins_the_audit_the_json_and_the_report(monkeypatch, tmp_path) -> None:
+    """Adding a check touches no other file: registering it is enough for audit, JSON and report."""
+    from dataclasses import dataclass
+
+    from maskcheck.checks.base import REGISTRY, Check
+    from maskcheck.report import render_report
+    from maskcheck.results import Severity
+
+    @dataclass(frozen=True)
+    class CleanAccuracyFloor(Check):
+        """Flags when clean accuracy is below `floor` (a toy check defined in a test).
+
+        Why: only a demonstration. Reference: none (ours).
+        """
+
+        floor: float = 2.0
+
+        name = "clean-floor"
+        mechanism = "toy mechanism"
+
+        def needs(self, cfg, bat):
+            return (bat.fgsm,)
+
+        def evaluate(self, ctx):
+            acc = float(ctx.correct(ctx.battery.fgsm).float().mean())
+            return self.result(ctx, severity=Severity.FAIL, evidence={"fgsm_acc": acc}, summary="always below the floor.")
+
+    monkeypatch.setitem(REGISTRY, "clean-floor", CleanAccuracyFloor)
+    result = run_audit(honest_cnn(), digits(), eps=0.3, checks="clean-floor,logit-magnitude", **SMALL)
+    assert [c.check for c in result.checks] == ["logit-magnitude", "clean-floor"]
+    assert result.verdict.flagged and "toy mechanism" in result.verdict.text and "fgsm" in result.robust_acc
+    path = result.save(tmp_path / "audit.json")
+    assert AuditResult.load(path).check("clean-floor").doc.startswith("Flags when clean accuracy")
+    page = render_report([path], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "clean-floor" in page and "a toy check defined in a test" in page and "toy mechanism" in page
 
 
 class _Const(nn.Module):
@@ -128,3 +196,19 @@ def test_early_stopping_pgd_stays_in_the_ball_and_the_box(eps: float, norm: str,
         clean = model(x).argmax(1) == y
         assert torch.equal(model(r.x_adv).argmax(1) == y, r.correct) and not (r.correct & ~clean).any()
     assert r.loss_history.shape == (steps + 1, 32)
+
+
+@pytest.mark.slow
+def test_autoattack_standard_figure_matches_pyautoattack() -> None:
+    """robust_acc["autoattack-standard"] vs pyautoattack's own standard evaluation: within one point."""
+    from pyautoattack import AutoAttack
+
+    n = 30
+    model = honest_cnn()
+    result = run_audit(model, digits(), eps=0.1, n=n, seed=0, progress=False, checks=["black-box-gap"])
+    x, y = digits().heldout_tensors(n)
+    adversary = AutoAttack(model, norm="Linf", eps=0.1, version="standard", seed=0, device="cpu")
+    x_adv = adversary.run_standard_evaluation(x, y, bs=n)
+    with torch.no_grad():
+        theirs = float((model(x_adv).argmax(1) == y).float().mean())
+    assert abs(result.robust_acc["autoattack-standard"] - theirs) <= 1 / n + 1e-9, (result.robust_acc, theirs)

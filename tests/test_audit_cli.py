@@ -60,3 +60,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra: list[str], mat
 def test_missing_model_exits_2(tmp_path, capsys) -> None:
     assert _main([str(tmp_path / "nothing"), "--quiet"]) == 2
     assert "model not found" in capsys.readouterr().err
+
+
+def test_fail_on_grades(tmp_path, capsys) -> None:
+    """Logits x 3: the median margin rounds softmax to 1 (a WARN) without CE gradients underflowing:
+    attack-sensitive, which fails only the strict --fail-on warn."""
+    run = _run_folder(tmp_path / "sharp", model_temperature=1 / 3)
+    args = [str(run), "--n", "60", "--quiet", "--checks", "logit-magnitude", "--out", str(tmp_path / "a.json")]
+    assert _main([*args, "--fail-on-flag"]) == 0
+    verdict = json.loads((tmp_path / "a.json").read_text())["verdict"]
+    assert verdict["grade"] == "attack-sensitive" and verdict["flagged"] is False, verdict
+    assert "attack-sensitive: softmax rounds to 1" in capsys.readouterr().out
+    assert _main([*args, "--fail-on", "masked"]) == 0
+    assert _main([*args, "--fail-on", "warn"]) == 1
+    assert _main([*args, "--fail-on", "never"]) == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from controls import digits, honest_cnn
 
-from maskcheck.audit import run_audit
+from maskcheck.auditing import run_audit
 from maskcheck.controls import CONTROLS
 from maskcheck.regress import compare, format_diff, load_baseline, write_baseline
 

@@ -86,7 +86,7 @@ def test_natural_history_has_no_training_phase(tmp_path: Path) -> None:
 
 
 def test_check_reads_the_run_history(trades_run: Path) -> None:
-    from maskcheck.audit import run_audit
+    from maskcheck.auditing import run_audit
     from maskcheck.data import load_dataset
 
     loaded = load_model(trades_run, device="cpu")

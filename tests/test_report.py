@@ -28,13 +28,11 @@ import pytest
 from maskcheck import cli
 from maskcheck.errors import InputError
 from maskcheck.report import headline, load_inputs, matrix_table, render_report
-from maskcheck.report.checkdocs import CHECK_DOCS
+from maskcheck.checks import REGISTRY
 from maskcheck.report.render import pct
 from maskcheck.results import AuditResult, CheckResult, PlotData, Severity, Verdict
 
-CHECKS = ["one-step-vs-iterative", "black-box-gap", "loss-disagreement", "unbounded-attack", "random-sampling",
-          "distortion-sweep", "gradient-health", "logit-magnitude", "attack-convergence", "autoattack-flags",
-          "training-phase-gap"]
+CHECKS = list(REGISTRY)
 UNKNOWN_CHECK = "future-check"
 # (name, method, temperature) of a small dd / ltd / trades sweep with its natural teacher.
 SWEEP = [("natural", "natural", None), ("trades", "trades", None)] + [
@@ -70,7 +68,7 @@ def make_audit(name: str, method: str, temperature: float | None, flagged: bool,
                     summary=f"{c} on {name}", evidence={"gap": 0.4 if flagged else 0.0, "examples": list(range(30)), "n": 200},
                     params={"seed": 0, "threshold": 0.002}, plots=_plots(c, flagged),
                     mechanism="saturated logits" if flagged and c == "logit-magnitude" else None,
-                    remedy="attack the logit margin" if flagged else None, duration_s=1.5)
+                    remedy="attack the logit margin" if flagged else None, duration_s=1.5, doc=REGISTRY[c].doc())
         for c in CHECKS
     ]
     if extra_check:  # a check this report version has never heard of, with a figure kind it cannot draw
@@ -134,9 +132,9 @@ def test_every_check_its_documentation_and_unknown_checks_render(rendered: tuple
     _, page = rendered
     for check in CHECKS:
         assert check in page
-        doc = CHECK_DOCS[check]
-        assert html.escape(doc.reference) in page and html.escape(doc.why) in page
-    assert UNKNOWN_CHECK in page and "no documentation for the check" in page
+        first_line = REGISTRY[check].doc().splitlines()[0]
+        assert html.escape(first_line, quote=False) in page or html.escape(first_line) in page, check
+    assert UNKNOWN_CHECK in page and "carries no documentation for the check" in page
     assert 'kind "heatmap"' in page  # the figure it cannot draw is named, not dropped
     for name, _, _ in SWEEP:
         assert f">{name}</a>" in page
@@ -164,7 +162,7 @@ def test_audits_without_temperature_render_without_the_curve(tmp_path: Path) -> 
     make_audit("trades", "trades", None, False, extra_check=False).save(tmp_path / "a" / "audit.json")
     make_audit("natural", "natural", None, False, extra_check=False).save(tmp_path / "b" / "audit.json")
     page = render_report([tmp_path / "a" / "audit.json", tmp_path / "b" / "audit.json"], tmp_path / "r.html").read_text()
-    assert "No audited model has a temperature" in page and "natural not flagged; trades not flagged" in page
+    assert "No audited model has a temperature" in page and "natural: no masking detected; trades: no masking detected" in page
 
 
 def test_missing_audits_and_runs_are_marked_not_a_crash(tmp_path: Path) -> None:
@@ -187,7 +185,7 @@ def test_dd_teachers_get_their_own_row(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path, models=models, flagged={"dd-T10", "dd-teacher-T10"})
     table = matrix_table(load_inputs([sweep]).entries).set_index("name")
     assert table.loc["dd-teacher-T10", "method"] == "dd teacher" and table.loc["dd-T10", "method"] == "dd"
-    assert headline(table.reset_index()) == "dd flagged at T >= 10; dd teacher flagged at every T; natural not flagged"
+    assert headline(table.reset_index()) == "dd masked at T >= 10; dd teacher masked at every T; natural: no masking detected"
 
 
 def test_unaudited_dd_teachers_are_left_out(tmp_path: Path) -> None:
@@ -196,7 +194,7 @@ def test_unaudited_dd_teachers_are_left_out(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path, models=models, flagged={"dd-T10"}, unaudited={"dd-teacher-T10"})
     table = matrix_table(load_inputs([sweep]).entries)
     assert list(table["name"]) == ["dd-T10", "natural"]
-    assert headline(table) == "dd flagged at every T; natural not flagged"
+    assert headline(table) == "dd masked at every T; natural: no masking detected"
 
 
 def test_csv_and_markdown_match_the_matrix(rendered: tuple[Path, str]) -> None:
@@ -215,11 +213,11 @@ def test_csv_and_markdown_match_the_matrix(rendered: tuple[Path, str]) -> None:
 
 def test_headline_is_computed_from_the_data(tmp_path: Path, rendered: tuple[Path, str]) -> None:
     _, page = rendered
-    first = "dd flagged at T &gt;= 10; ltd flagged at T &gt;= 15; natural not flagged; trades not flagged"
+    first = "dd masked at T &gt;= 10; ltd masked at T &gt;= 15; natural: no masking detected; trades: no masking detected"
     assert first in page
     changed = make_sweep(tmp_path / "b", flagged={"dd-T1", "dd-T20", "trades"} | {f"ltd-T{t}" for t in (1, 5, 10, 15, 20)})
     text = headline(matrix_table(load_inputs([changed]).entries))
-    assert text == "dd flagged at T = 1, 20; ltd flagged at every T; natural not flagged; trades flagged"
+    assert text == "dd masked at T = 1, 20; ltd masked at every T; natural: no masking detected; trades masked"
 
 
 def test_report_needs_no_torch() -> None:

@@ -360,12 +360,12 @@ def test_every_format_audits_end_to_end(tmp_path: Path, model: nn.Module, fmt: s
 
 def test_internal_error_is_exit_3_with_a_log_file(tmp_path: Path, model: nn.Module, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import maskcheck.audit
+    import maskcheck.auditing
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("an injected bug")
 
-    monkeypatch.setattr(maskcheck.audit, "run_audit", broken)
+    monkeypatch.setattr(maskcheck.auditing, "run_audit", broken)
     monkeypatch.setenv("MASKCHECK_LOG_DIR", str(tmp_path / "logs"))
     code, err = _main(["audit", str(_run_folder(tmp_path, model)), *AUDIT], capsys)
     assert code == EXIT_INTERNAL
@@ -442,7 +442,7 @@ def test_second_train_sweep_on_the_same_folder_exits_2_and_a_stale_lock_is_taken
 @pytest.fixture(scope="module")
 def audit_json(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real audit JSON (of an untrained small CNN), shared by the JSON tests: audits are the slow part."""
-    from maskcheck.audit import run_audit
+    from maskcheck.auditing import run_audit
     from maskcheck.data import load_dataset
 
     torch.manual_seed(0)

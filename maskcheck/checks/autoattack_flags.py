@@ -38,39 +38,35 @@ def count_grad_calls(model: torch.nn.Module, x: torch.Tensor) -> int:
 class AutoAttackFlags(Check):
     """Flags a randomised forward pass, a softmax output, or gradient calls inside forward.
 
-    Same rules and thresholds as AutoAttack (pyautoattack checks.py; flags_doc.md): `passes`
-    no-grad passes on the first `batch` points, any change in the number correct or a max L2
-    difference of L2-normalised outputs > `random_alpha`; softmax when max < 1+1e-5, min > -1e-5
-    and rows sum to 1 within 1e-5; dynamic when `settrace` sees grad/backward calls. They are
-    recomputed here because pyautoattack's functions only log and return nothing.
+    Same rules and thresholds as AutoAttack (pyautoattack checks.py; flags_doc.md): 5 no-grad
+    passes on the first 250 points, any change in the number correct or a max L2 difference of
+    L2-normalised outputs > 1e-4 (the audit's randomness probe, which also switches EOT on);
+    softmax when max < 1+1e-5, min > -1e-5 and rows sum to 1 within 1e-5; dynamic when
+    `settrace` sees grad/backward calls. They are recomputed here because pyautoattack's
+    functions only log and return nothing. A randomised model stays flagged after EOT: its
+    robustness is a property of the random draw, which only an EOT evaluation may report.
+    Reference: Croce & Hein 2020, AutoAttack checks.py and flags_doc.md; Athalye et al. 2018 (EOT).
     """
 
-    passes: int = 5
-    random_alpha: float = 1e-4
     softmax_alpha: float = 1e-5
-    batch: int = 250
 
     name = "autoattack-flags"
     mechanism = "randomness"
     remedy = "use EOT (--eot 20, AutoAttack version='rand') for randomness; pass logits, not probabilities"
 
     def evaluate(self, ctx) -> CheckResult:
-        x, y = ctx.x[: self.batch], ctx.y[: self.batch]
-        with torch.no_grad():
-            outs = [ctx.model(x).float() for _ in range(self.passes)]
-        correct = [int((o.argmax(1) == y).sum()) for o in outs]
-        normed = [o / (o.norm(dim=1, keepdim=True) + 1e-10) for o in outs]
-        max_diff = max((float((a - b).norm(dim=1).max()) for i, a in enumerate(normed) for b in normed[i + 1 :]), default=0.0)
-        randomized = len(set(correct)) > 1 or max_diff > self.random_alpha
-        o = outs[0]
+        probe = ctx.randomness
+        correct, max_diff, randomized = probe["correct_per_pass"], probe["max_normalized_output_diff"], probe["randomized"]
+        x, o = ctx.x[:8], probe["first_output"]
         softmax = bool(o.max() < 1 + self.softmax_alpha and o.min() > -self.softmax_alpha
                        and ((o.sum(-1) - 1).abs() < self.softmax_alpha).all())
-        calls = count_grad_calls(ctx.model, x[:8])
+        calls = count_grad_calls(ctx.model, x)
         ev = {"correct_per_pass": correct, "max_normalized_output_diff": max_diff, "randomized": randomized,
-              "softmax_output": softmax, "grad_calls_in_forward": calls}
+              "softmax_output": softmax, "grad_calls_in_forward": calls, "eot_draws": ctx.eot}
         found = []
         if randomized:
-            found.append(("randomness", f"outputs change across {self.passes} identical passes (max diff {max_diff:.2g}); use EOT (--eot 20)"))
+            found.append(("randomness", f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}); "
+                          f"the audit attacked it with EOT over {ctx.eot} draws, scored by majority"))
         if softmax:
             found.append(("softmax output", "the model outputs probabilities; audit the logits"))
         if calls:

@@ -1,14 +1,18 @@
 """The `Check` interface, the registry, and the statistics every attack comparison uses.
 
-A check is a frozen dataclass of its thresholds (all defaulted, overridable per audit) with
-`run(ctx) -> CheckResult`. It reads shared attack runs from the `AuditContext` (see
-`maskcheck.audit`), so one APGD run feeds every check that needs it. Its docstring says
-"Flags when / Why / Reference"; the report shows it.
+A check is a frozen dataclass of its thresholds (all defaulted, overridable per audit). It
+declares the attacks it needs (`needs`, `AttackSpec`s, usually from the audit's standard
+`Battery`), and `evaluate(ctx) -> CheckResult` reads their per-example outcomes from the
+`AuditContext` (see `maskcheck.auditing`), so one APGD run feeds every check that needs it.
+Its class docstring ("Flags when / Why / Reference") is its only documentation: it is copied
+into every result (`CheckResult.doc`), and the report shows it. Adding a check = one file here
+(decorated with `@register`, imported in `__init__`) plus its test.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +26,9 @@ from ..errors import InputError
 from ..results import CheckResult, PlotData, Severity
 
 if TYPE_CHECKING:
-    from ..audit import AuditContext
+    from ..attacks import AttackSpec, Battery
+    from ..auditing import AuditContext
+    from ..config import AuditConfig
 
 REGISTRY: dict[str, type["Check"]] = {}
 
@@ -40,8 +46,17 @@ class Check:
     mechanism: ClassVar[str] = ""
     remedy: ClassVar[str] = ""
 
+    def needs(self, cfg: "AuditConfig", bat: "Battery") -> tuple["AttackSpec", ...]:
+        """The attack runs this check reads (the audit runs their union once, before any check)."""
+        return ()
+
     def evaluate(self, ctx: "AuditContext") -> CheckResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def doc(cls) -> str:
+        """The class docstring, dedented: what the report shows for this check."""
+        return inspect.cleandoc(cls.__doc__ or "")
 
     def params(self, ctx: "AuditContext", **extra: Any) -> dict[str, Any]:
         """This check's thresholds plus the audit settings it ran with (seed included)."""
@@ -51,12 +66,14 @@ class Check:
         self, ctx: "AuditContext", *, severity: Severity, summary: str, evidence: Mapping[str, Any],
         plots: Sequence[PlotData] = (), mechanism: str | None = None, params: Mapping[str, Any] | None = None,
     ) -> CheckResult:
-        """Build the typed result; `flagged` is exactly `severity is FAIL` (WARN is shown, not flagged)."""
+        """Build the typed result; `flagged` is exactly `severity is FAIL` (a WARN is shown and grades
+        the model attack-sensitive, but is not flagged). A WARN names its mechanism only when given one."""
         flagged = severity is Severity.FAIL
+        named = (mechanism or self.mechanism) if flagged else (mechanism if severity is Severity.WARN else None)
         return CheckResult(
             check=self.name, flagged=flagged, severity=severity, summary=summary, evidence=as_json(evidence),
             params=as_json(params if params is not None else self.params(ctx)), plots=tuple(plots),
-            mechanism=(mechanism or self.mechanism) if flagged else None, remedy=self.remedy if flagged else None,
+            mechanism=named, remedy=self.remedy if flagged else None, doc=self.doc(),
         )
 
     def skipped(self, ctx: "AuditContext", reason: str) -> CheckResult:
@@ -122,8 +139,13 @@ def extra_breaks(challenger_correct: torch.Tensor, reference_correct: torch.Tens
     """Count examples broken by the challenger (correct=False) and not by the reference."""
     extra = (~challenger_correct.cpu()) & reference_correct.cpu()
     count = int(extra.sum())
+    return excess(count, n, null_rate, extra.nonzero().flatten().tolist()[:max_examples])
+
+
+def excess(count: int, n: int, null_rate: float, examples: list[int] | None = None) -> ExtraBreaks:
+    """`count` events out of `n` against a tolerated rate `null_rate` (exact one-sided binomial test)."""
     p = binomtest(count, n, null_rate, alternative="greater").pvalue if n else 1.0
-    return ExtraBreaks(count, n, float(p), extra.nonzero().flatten().tolist()[:max_examples])
+    return ExtraBreaks(count, n, float(p), list(examples or []))
 
 
 def mcnemar_greater(b: int, c: int) -> float:

@@ -48,17 +48,29 @@ class AttackConvergence(Check):
     mechanism = "attack not converged"
     remedy = "run more steps and restarts (APGD), and report the stronger result"
 
+    @staticmethod
+    def _pairs(bat):
+        """(loss, the PGD run, the same PGD with twice the steps on the white-box survivors)."""
+        from ..attacks import AttackSpec
+
+        return [(loss, run, AttackSpec("pgd", loss, 2 * run.steps, after=bat.white_box, white_box=False))
+                for loss, run in (("ce", bat.pgd_ce), ("margin", bat.pgd_margin))]
+
+    def needs(self, cfg, bat):
+        return tuple(s for _, run, doubled in self._pairs(bat) for s in (run, doubled))
+
     def evaluate(self, ctx) -> CheckResult:
         if not ctx.grad_ok:
             return self.skipped(ctx, "no gradient path to the input (see gradient-health)")
         ev: dict = {}
         curves: dict[str, list[float]] = {}
         worst = None
-        for loss, run in (("ce", ctx.pgd_ce), ("margin", ctx.pgd_margin)):
-            doubled = ctx.pgd_doubled(loss)
+        for loss, spec, doubled_spec in self._pairs(ctx.battery):
+            run = ctx.outcome(spec)
+            doubled = ctx.correct(doubled_spec)
             e = extra_breaks(doubled, ctx.white_box, ctx.n, self.null_rate)
-            hist = run["history"]
-            standing = run["correct"][ctx.clean_correct.nonzero().flatten()]  # history covers clean-correct points
+            hist = run.history
+            standing = run.correct[run.attacked]  # history covers the attacked (clean-correct) points
             inc = incomplete_fraction(hist, standing, self.last_steps, self.tol) if hist is not None else 0.0
             ev.update({f"doubling_extra_breaks_{loss}": e.count, f"doubling_p_value_{loss}": e.p_value,
                        f"incomplete_fraction_{loss}": inc})
@@ -76,7 +88,7 @@ class AttackConvergence(Check):
                 f"the attack has not converged; {self.remedy}."))
         inc = max(ev["incomplete_fraction_ce"], ev["incomplete_fraction_margin"])
         if inc > self.warn_incomplete:
-            return self.result(ctx, severity=Severity.WARN, evidence=ev, plots=[plot], summary=(
+            return self.result(ctx, severity=Severity.WARN, evidence=ev, plots=[plot], mechanism="attack not converged", summary=(
                 f"the loss still rises at the end for {100 * inc:.0f}% of standing points; more steps may help."))
         return self.result(ctx, severity=Severity.OK, evidence=ev, plots=[plot], summary=(
             "the attacks converge: doubling the steps changes nothing significant."))

@@ -120,11 +120,14 @@ class TrainingPhaseGap(Check):
     mechanism = "masked gradients during training: the inner attack stopped finding adversarial examples"
     remedy = "lower the distillation temperature or check the inner attack (its loss, steps and step size)"
 
+    def needs(self, cfg, bat):
+        return (bat.square, *bat.white_box)  # the audit's worst case: white-box battery and Square
+
     def evaluate(self, ctx) -> CheckResult:
         history = ((getattr(ctx, "run", None) or {}).get("metrics") or {}).get("history")
         if not history or last_training_phase(history) is None:
             return self.skipped(ctx, "no training-phase robust accuracy (not a maskcheck adversarial training run)")
-        worst = float((ctx.white_box & ctx.square).float().mean())
+        worst = float((ctx.white_box & ctx.correct(ctx.battery.square)).float().mean())
         d = training_phase_gap(history, worst, ctx.n, min_train_robust=self.min_train_robust, min_gap=self.min_gap, alpha=self.alpha)
         ev = {**d, "headline": f"training-phase robust accuracy exceeds the worst case by {pp(d['gap'])}"}
         plot = PlotData("bars", "Robust accuracy: training phase vs audit",

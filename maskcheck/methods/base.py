@@ -54,7 +54,7 @@ class Batch:
     y: torch.Tensor
     x_adv: torch.Tensor | None = None
     soft: torch.Tensor | None = None  # teacher probabilities, (B, C)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. ADV_LOGITS, read by the training loop
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The one-sentence summary at the top of the report, computed from the matrix table.
 
-Example: "dd flagged at T >= 10; ltd flagged at T >= 15; trades not flagged". A method
-flagged on a contiguous top range of its temperatures gets "at T >= t"; any other pattern
-lists the temperatures. "not flagged" is said, never "robust": passing the checks is not a
-proof of robustness.
+Example: "dd masked at T >= 10; ltd attack-sensitive at every T; trades: no masking detected".
+The grades are the audit's (results.Verdict): `masked`, `attack-sensitive`, `no masking
+detected`. A method graded on a contiguous top range of its temperatures gets "at T >= t"; any
+other pattern lists the temperatures. "robust" is never said: passing the checks is not a proof.
 """
 
 from __future__ import annotations
@@ -12,29 +12,35 @@ import math
 
 import pandas as pd
 
-from .loader import FLAGGED
+from .loader import FLAGGED, WARN
 
 
 def _fmt(t: float) -> str:
     return f"{t:g}"
 
 
+def _where(hot: list[float], temps: list[float]) -> str:
+    """'' (no temperatures), 'at T >= t', 'at every T' or 'at T = a, b'."""
+    if not hot:
+        return ""
+    if len(hot) == len(temps):
+        return " at every T"
+    if hot == [t for t in temps if t >= hot[0]]:
+        return f" at T >= {_fmt(hot[0])}"
+    return " at T = " + ", ".join(_fmt(t) for t in hot)
+
+
 def method_phrase(method: str, rows: pd.DataFrame) -> str:
     audited = rows[~rows["audit_missing"]]
     if audited.empty:
         return f"{method} not audited"
-    flagged = audited[audited["verdict"] == FLAGGED]
-    if flagged.empty:
-        return f"{method} not flagged"
     temps = sorted(t for t in audited["temperature"] if not math.isnan(t))
-    hot = sorted(t for t in flagged["temperature"] if not math.isnan(t))
-    if not hot:
-        return f"{method} flagged"
-    if hot == [t for t in temps if t >= hot[0]] and len(hot) < len(temps):
-        return f"{method} flagged at T >= {_fmt(hot[0])}"
-    if len(hot) == len(temps):
-        return f"{method} flagged at every T"
-    return f"{method} flagged at T = " + ", ".join(_fmt(t) for t in hot)
+    parts = []
+    for status, word in ((FLAGGED, "masked"), (WARN, "attack-sensitive")):
+        graded = audited[audited["verdict"] == status]
+        if not graded.empty:
+            parts.append(word + _where(sorted(t for t in graded["temperature"] if not math.isnan(t)), temps))
+    return f"{method} " + ", ".join(parts) if parts else f"{method}: no masking detected"
 
 
 def headline(table: pd.DataFrame) -> str:

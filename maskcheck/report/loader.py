@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..fileio import read_json
-from ..results import AuditResult, Severity
+from ..results import ATTACK_SENSITIVE, AuditResult, Severity
 from ..validate import validate_audit, validate_run, validate_sweep
 
 # Same numbers as sweep.SWEEP_SCHEMA_VERSION and checkpoint.RUN_SCHEMA_VERSION, not imported
@@ -61,7 +61,7 @@ class ModelEntry:
             return NOT_AUDITED if self.run is not None else NOT_TRAINED
         if self.audit.verdict.flagged:
             return FLAGGED
-        if any(c.severity is Severity.WARN for c in self.audit.checks):
+        if self.audit.verdict.grade == ATTACK_SENSITIVE:  # graded verdict (results.Verdict)
             return WARN
         return NOT_FLAGGED
 

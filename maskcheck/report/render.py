@@ -25,7 +25,6 @@ from ..fileio import atomic_write_text
 from ..results import CheckResult
 from ..validate import csv_cell
 from . import plots, seeds
-from .checkdocs import doc_for
 from .headline import headline
 from .loader import ModelEntry, ReportInputs, load_inputs, matrix_table, sort_key
 
@@ -229,7 +228,7 @@ def _model_view(e: ModelEntry, anchor: str, out: Path | None = None) -> dict[str
     if e.audit is not None:
         a = e.audit
         view["audit"] = {
-            "verdict": a.verdict.text, "n": a.n, "dataset": a.dataset, "threat": dict(a.threat),
+            "verdict": a.verdict.text, "grade": a.verdict.grade, "n": a.n, "dataset": a.dataset, "threat": dict(a.threat),
             "clean_acc": a.clean_acc, "robust_acc": dict(a.robust_acc),
             "bars": plots.attack_bars(a.clean_acc, dict(a.robust_acc)),
             "checks": [_check_view(c, e.name) for c in a.checks],
@@ -270,5 +269,5 @@ def _check_view(c: CheckResult, model: str) -> dict[str, Any]:
     return {
         "name": c.check, "flagged": c.flagged, "severity": c.severity.value, "summary": c.summary,
         "mechanism": c.mechanism, "remedy": c.remedy, "duration_s": c.duration_s,
-        "evidence": dict(c.evidence), "params": dict(c.params), "doc": doc_for(c.check), "figures": figures,
+        "evidence": dict(c.evidence), "params": dict(c.params), "doc": c.doc, "figures": figures,
     }
