@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -266,19 +266,6 @@ def _validate_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_cla
         raise InputError("the model returns NaN or Inf logits on clean inputs. Fix or re-export the model before auditing.")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise InputError(f"labels must lie in 0..{num_classes - 1}; got {int(y.min())}..{int(y.max())}.")
-
-
-def resolve_checks(checks: str | Sequence[str] | None) -> list[str]:
-    """All registered checks by default; else the named ones in battery order (unknown names are user errors)."""
-    valid = list(REGISTRY)
-    if checks is None:
-        return valid
-    text = checks if isinstance(checks, str) else ",".join(checks)
-    chosen = set(parse_name_list(text, valid, "check"))
-    return [name for name in valid if name in chosen]
-
-
-# ---------------------------------------------------------------------- verdict
 
 
 def resolve_checks(checks: str | Sequence[str] | None) -> list[str]:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..fileio import read_json
-from ..results import ATTACK_SENSITIVE, AuditResult, Severity
+from ..results import ATTACK_SENSITIVE, AuditResult
 from ..validate import validate_audit, validate_run, validate_sweep
 
 # Same numbers as sweep.SWEEP_SCHEMA_VERSION and checkpoint.RUN_SCHEMA_VERSION, not imported
