@@ -78,12 +78,13 @@ stage env 20 bash -c "nvidia-smi; nproc; free -g; $PY -c '$DEPS'"
 stage fake_cifar 40 $PY benchmarks/make_fake_cifar10.py "$OUT/data" "${FAKE[@]}"
 # issue 13 item 1: `train --device cuda` (no index) must work; the CLI as a user runs it
 stage train_cli 40 $PY -m maskcheck train --method natural "${TRAIN[@]}" --device $DEV --epochs 1 --out "$OUT/train-cli" --no-progress
-stage mnist_sweep 150 $PY benchmarks/sweep_speed.py --dataset mnist --data-dir "$MNIST" --device $DEV --threads $TH "${SWEEP[@]}" --json "$OUT/mnist_sweep.json"
+# the sweep is kept (JSON only, weights removed below): its audits re-render reports/mnist with the current verdicts
+stage mnist_sweep 150 $PY benchmarks/sweep_speed.py --dataset mnist --data-dir "$MNIST" --device $DEV --threads $TH "${SWEEP[@]}" --json "$OUT/mnist_sweep.json" --out "$OUT/mnist-sweep"
 stage throughput 50 $PY benchmarks/train_throughput.py --dataset cifar10 --data-dir "$OUT/data" --device $DEV --threads $TH "${TP[@]}" "${TP_METHODS[@]}" --json "$OUT/throughput.json"
 stage smoke 200 $PY experiments/cifar10-paper/run.py --smoke --device $DEV --data-dir "$OUT/data" --out "$OUT/smoke" "${SMOKE[@]}"
 stage jobs_compare 60 $PY benchmarks/sweep_speed.py --device $DEV --threads $TH "${COMPARE[@]}" --json "$OUT/jobs_compare.json"
 # last: compiling WRN-34-10 takes a minute or more; it gets what the budget has left
 stage compile 90 $PY benchmarks/train_throughput.py --dataset cifar10 --data-dir "$OUT/data" --device $DEV --threads $TH "${TP[@]}" --methods natural --compile --json "$OUT/compile.json"
-rm -rf "$OUT/data" "$OUT/train-cli/model.safetensors" "$OUT/smoke/runs"/*/model.safetensors 2>/dev/null  # regenerable and large; JSON, logs and report stay
+rm -rf "$OUT/data" "$OUT/train-cli/model.safetensors" "$OUT/smoke/runs"/*/model.safetensors "$OUT/mnist-sweep/runs"/*/model.safetensors 2>/dev/null  # regenerable and large; JSON, logs and report stay
 echo "== total $(( $(date +%s) - START )) s" | tee -a "$OUT/progress.log"
 $PY benchmarks/gpu_summary.py "$OUT" | tee "$OUT/summary.txt"
