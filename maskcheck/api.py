@@ -322,7 +322,7 @@ def keep_caller_state(module: "nn.Module", device: "torch.device | None" = None)
             p.requires_grad_(requires_grad)
             p.grad = grad
         for m, name, dev in buffers:
-            b = m._buffers.get(name)
+            b = dict(m._buffers.items()).get(name)  # a TorchScript module's _buffers has no .get
             if b is not None and b.device != dev:
                 m._buffers[name] = b.to(dev)
         for m, train, eval_ in locked:

@@ -188,7 +188,8 @@ def test_result_conveniences(honest_result, scaled_result, tmp_path) -> None:
     names = [c.check for c in scaled_result.flagged]
     assert "logit-magnitude" in names and scaled_result.verdict.flagged  # x1e4 logits saturate
     assert names == [c.check for c in scaled_result.checks if c.flagged] and len(names) == scaled_result.verdict.n_flagged
-    assert set(scaled_result.robust_acc) >= {"pgd-ce", "white-box", "square", "worst-case"}
+    # robust accuracies only for the attacks the chosen checks needed (gradient-health, logit-magnitude: none)
+    assert all(0.0 <= v <= 1.0 for v in scaled_result.robust_acc.values())
     saved = scaled_result.save(tmp_path / "audit.json")
     assert json.loads(scaled_result.to_json()) == json.loads(saved.read_text())  # the document save() writes
     back = AuditResult.load(saved)

@@ -24,7 +24,8 @@ def honest_audit():
 def test_honest_cnn_is_not_flagged_by_any_check(honest_audit) -> None:
     flagged = [(c.check, c.summary) for c in honest_audit.checks if c.flagged]
     assert flagged == []
-    assert honest_audit.verdict.text == f"no masking detected by {len(REGISTRY)} checks"
+    ran = [c for c in honest_audit.checks if c.severity is not Severity.SKIPPED]  # training-phase-gap needs a run's history
+    assert honest_audit.verdict.text == f"no masking detected by {len(ran)} checks"
     assert honest_audit.verdict.grade == "no masking detected"
     assert honest_audit.clean_acc > 0.9
 

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import markupsafe
 import pandas as pd
 import pytest
 
@@ -133,7 +134,7 @@ def test_every_check_its_documentation_and_unknown_checks_render(rendered: tuple
     for check in CHECKS:
         assert check in page
         first_line = REGISTRY[check].doc().splitlines()[0]
-        assert html.escape(first_line, quote=False) in page or html.escape(first_line) in page, check
+        assert str(markupsafe.escape(first_line)) in page or html.escape(first_line, quote=False) in page, check
     assert UNKNOWN_CHECK in page and "carries no documentation for the check" in page
     assert 'kind "heatmap"' in page  # the figure it cannot draw is named, not dropped
     for name, _, _ in SWEEP:
