@@ -208,7 +208,8 @@ def test_autoattack_standard_figure_matches_pyautoattack() -> None:
     result = run_audit(model, digits(), eps=0.1, n=n, seed=0, progress=False, checks=["black-box-gap"])
     x, y = digits().heldout_tensors(n)
     adversary = AutoAttack(model, norm="Linf", eps=0.1, version="standard", seed=0, device="cpu")
-    x_adv = adversary.run_standard_evaluation(x, y, bs=n)
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=n)  # returns (x_adv, y_adv)
     with torch.no_grad():
         theirs = float((model(x_adv).argmax(1) == y).float().mean())
+    assert 0 < theirs < float((model(x).argmax(1) == y).float().mean())  # points stand and fall: not a trivial 0 == 0
     assert abs(result.robust_acc["autoattack-standard"] - theirs) <= 1 / n + 1e-9, (result.robust_acc, theirs)

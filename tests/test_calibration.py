@@ -2,7 +2,7 @@
 
 Every model is trained by the project's own training code (training.make_config / train_run) on
 digits; the masked ones are wrappers of the natural model (maskcheck.controls) or defensive
-distillation at a high T. The default suite runs one seed on a cheap audit; `-m slow` runs the
+distillation at a high T. The default suite runs one seed on a cheap audit; `-m calibration` runs the
 full matrix at three seeds. `python tests/test_calibration.py` prints the confusion table
 (the README quotes it, with the seeds).
 """
@@ -71,7 +71,8 @@ def audit(model: nn.Module, seed: int, **extra):
 
 
 def _params(names, default, seeds=(0, 1, 2)):
-    return [pytest.param(n, s, marks=() if (n in default and s == 0) else pytest.mark.slow, id=f"{n}-seed{s}")
+    # the full matrix is its own marker (`pytest -m calibration`, ~20 min on 2 cores): not part of CI's slow stage
+    return [pytest.param(n, s, marks=() if (n in default and s == 0) else pytest.mark.calibration, id=f"{n}-seed{s}")
             for n in names for s in seeds]
 
 

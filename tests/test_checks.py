@@ -135,3 +135,26 @@ def test_one_stray_example_at_n200_is_not_significant() -> None:
     many[:10] = False
     e = extra_breaks(many, ref, 200, 0.002)
     assert e.significant(0.002, 0.01) and e.examples == list(range(10))
+
+
+@pytest.mark.parametrize("extra, severity", [(0, Severity.OK), (7, Severity.WARN), (40, Severity.FAIL)])
+def test_black_box_gap_fails_only_on_a_large_gap(extra: int, severity: Severity) -> None:
+    """Square breaking a few points (7 of 500: 1.4 pp, as on a sound MNIST LTD model) is attack-sensitive; tens of pp is masking."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from maskcheck.checks.black_box import BlackBoxGap
+
+    n = 500
+    white_box = torch.ones(n, dtype=torch.bool)
+    white_box[:200] = False  # 200 points broken by the white-box attacks
+    square = white_box.clone()
+    square[200:200 + extra] = False  # and `extra` more only Square breaks
+    bat = SimpleNamespace(square="square", apgd_ce="apgd-ce", pgd_ce="pgd-ce")
+    outcomes = {"square": square, "apgd-ce": white_box, "pgd-ce": white_box}
+    ctx = SimpleNamespace(battery=bat, correct=outcomes.__getitem__, white_box=white_box, n=n, square_queries=5000,
+                          eps=0.3, norm="linf", seed=0, eot=1, config=None)
+    result = BlackBoxGap().evaluate(ctx)
+    assert result.severity is severity, result.summary
+    assert result.flagged == (severity is Severity.FAIL)

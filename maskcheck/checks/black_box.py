@@ -15,13 +15,19 @@ class BlackBoxGap(Check):
 
     Two per-example gaps: (a) against the cross-entropy attacks most papers report (PGD-CE,
     APGD-CE), a warning on its own (the loss-disagreement check names its cause); (b) against
-    every white-box attack (adds PGD-margin, APGD-DLR, targeted APGD-DLR, FGSM), a failure.
+    every white-box attack (adds PGD-margin, APGD-DLR, targeted APGD-DLR, FGSM), a failure when it
+    is at least `fail_gap`; a significant gap below that is a warning (attack-sensitive: quote the
+    worst case with Square). Why the effect size: on sound adversarially trained MNIST models Square
+    found 3-7 of 500 points every white-box attack missed (1.4 pp on an LTD T = 1 model, H200
+    sweep of benchmarks/gpu_check.sh), while the masked controls it must catch show tens of pp
+    (input rounded to 5 levels: 92 pp, audit-design-notes.md). `fail_gap` is ours.
     Why: a query-only attack beating gradients means the gradients mislead. Reference: Athalye
     et al. 2018 rule 2; AutoAttack checks.check_square_sr (gap > 0.2 pp); Croce & Hein 2020.
     """
 
     null_rate: float = 0.002
     min_gap: float = 0.002
+    fail_gap: float = 0.03  # ours: see the docstring
     alpha: float = 0.01
 
     name = "black-box-gap"
@@ -45,6 +51,12 @@ class BlackBoxGap(Check):
               "gap_vs_white_box": b.gap, "p_value_vs_white_box": b.p_value, "examples_vs_white_box": b.examples,
               **{f"acc_{k}": v for k, v in acc.items()}}
         params = self.params(ctx, square_queries=ctx.square_queries)
+        if b.significant(self.min_gap, self.alpha) and b.gap < self.fail_gap:
+            ev.update(gap=b.gap)
+            return self.result(ctx, severity=Severity.WARN, evidence=ev, plots=[plot], params=params,
+                               mechanism="Square finds points the gradient attacks miss", summary=(
+                f"Square breaks {b.count} points ({pp(b.gap)}) that every white-box attack missed (p={b.p_value:.2g}), "
+                f"below the {pp(self.fail_gap)} that signals masking: report the worst case including Square."))
         if b.significant(self.min_gap, self.alpha):
             ev.update(gap=b.gap, headline=f"Square beats the strongest white-box attack by {pp(b.gap)}")
             return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], params=params, summary=(
