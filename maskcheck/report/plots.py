@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -184,14 +184,8 @@ def robust_vs_temperature(table: pd.DataFrame, reference: str = "trades") -> str
             ax.set_xscale("log")
             ax.minorticks_off()
         ax.set_xticks(temps, [f"{t:g}" for t in temps])  # label the temperatures trained, not powers of ten
-        ax.set_title(_text(method), fontsize=10)
-        ax.set_xlabel("temperature T")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("robust accuracy")
-    axes[0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return to_data_uri(fig)
+        _style_temperature_axis(ax, method)
+    return _finish_panels(fig, axes, "robust accuracy", legend_size=7)
 
 
 # The LTD paper's Table IV: TRADES+LTD, WRN-34-10, CIFAR-10, teacher temperature T -> (natural
@@ -242,11 +236,21 @@ def temperature_curves(summary: pd.DataFrame, selected: float | None = None, pap
             ax.axvline(selected, color="#2ca02c", linestyle=":", label=f"searched T = {selected:g} (Sec. 4.2)")
         all_t = np.unique(np.concatenate([t, np.asarray(sorted(PAPER_TABLE_IV)) if paper and str(method).startswith("ltd") else t]))
         ax.set_xticks(all_t, [f"{x:g}" for x in all_t], fontsize=7)
-        ax.set_title(_text(method), fontsize=10)
-        ax.set_xlabel("temperature T")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=6, loc="best")
+        _style_temperature_axis(ax, method)
+    return _finish_panels(fig, axes, "accuracy", legend_size=6)
+
+
+def _style_temperature_axis(ax: Any, method: Any) -> None:
+    """One method's panel of an accuracy-vs-T figure: title, T axis, [0, 1] accuracy, grid."""
+    ax.set_title(_text(method), fontsize=10)
+    ax.set_xlabel("temperature T")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+
+
+def _finish_panels(fig: Any, axes: Any, ylabel: str, legend_size: int) -> str:
+    """Label and legend on the first panel, then the figure as a data URI."""
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=legend_size, loc="best")
     fig.tight_layout()
     return to_data_uri(fig)
