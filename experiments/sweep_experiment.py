@@ -30,6 +30,8 @@ def sweep_command(cfg: dict, out: Path, device: str, jobs: int, data_dir: str | 
         cmd += ["--seeds", ",".join(str(s) for s in cfg["seeds"])]
     else:
         cmd += ["--seed", str(cfg.get("seed", 0))]
+    if cfg.get("autoattack_standard") is False:  # skip FAB-T (only the AutoAttack-standard figure needs it)
+        cmd += ["--no-autoattack-standard"]
     if cfg.get("arms"):
         cmd += ["--arms", ",".join(cfg["arms"])]
     if cfg.get("select_temperature"):

@@ -134,6 +134,8 @@ def train_sweep_cmd(
     audit: bool = typer.Option(True, "--audit/--no-audit", help="Audit every trained model (RUN/audit.json) after training."),
     audit_n: int = typer.Option(1000, "--audit-n", help="Held-out points per audit (capped at the split's size)."),
     square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries per audit (AutoAttack default 5000)."),
+    autoattack_standard: bool = typer.Option(True, "--autoattack-standard/--no-autoattack-standard",
+                                             help="Also run FAB-T for the AutoAttack-standard figure (no check needs it; a third of a robust model's audit on CPU)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Render the HTML report of the sweep and its audits."),
     report_out: Optional[Path] = typer.Option(None, "--report-out", help="Report path (default SWEEP/report.html)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
@@ -167,7 +169,7 @@ def train_sweep_cmd(
         from .sweep import audit_sweep
 
         audit_sweep(sweep_dir, n=audit_n, seed=seed, square_queries=square_queries, device=device,
-                    data_dir=data_dir, jobs=jobs, progress=progress, log=info)
+                    data_dir=data_dir, jobs=jobs, progress=progress, autoattack_standard=autoattack_standard, log=info)
     if report:
         from .report import render_report
 
