@@ -57,8 +57,8 @@ def test_sample_sweeps_show_dd_masking_and_a_clean_trades(name: str) -> None:
     verdicts = {g: set(v) for g, v in groups}
     assert "trades" in verdicts and "natural" in verdicts
     if "dd-T20" in verdicts:  # the MNIST CPU sweep leaves dd out (experiments/mnist-sweep/config.json)
-        assert verdicts["dd-T20"] == {"flagged"}
-    assert "flagged" not in verdicts["trades"] | verdicts["natural"]
+        assert verdicts["dd-T20"] == {"masked"}
+    assert "masked" not in verdicts["trades"] | verdicts["natural"]
 
 
 @pytest.mark.parametrize("name", SWEEPS)

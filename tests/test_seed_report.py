@@ -63,7 +63,7 @@ def test_seed_summary_means_ranges_and_verdicts(tmp_path: Path) -> None:
         assert (row["worst-case min"], row["worst-case max"]) == (min(worst), max(worst))
     assert summary.loc["ltd-T1", "real difference"] == "yes"
     assert summary.loc["ltd-T5", "real difference"].startswith("no")
-    assert summary.loc["ltd-T20", "flagged"] == "3/3"
+    assert summary.loc["ltd-T20", "masked"] == "3/3"
     assert summary.loc["ltd-T20", "train_phase_acc"] == pytest.approx(0.99 + 0.01)
     assert math.isnan(summary.loc["natural", "train_phase_acc"])
 

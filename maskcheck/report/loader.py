@@ -29,8 +29,10 @@ RUN_SCHEMA_VERSION = 1
 ACC_COLUMNS = ("clean_acc", "pgd-ce", "white-box", "square", "worst-case")
 COLUMNS = ("method", "temperature", "name", *ACC_COLUMNS, "verdict", "flagged_checks", "audit_missing", "seed", "train_phase_acc")
 
-# Cell status shown in the matrix; the CSS colours them (templates/report.html.j2).
-FLAGGED, WARN, NOT_FLAGGED, NOT_AUDITED, NOT_TRAINED = "flagged", "warn", "not flagged", "not audited", "not trained"
+# Cell status shown in the matrix: the audit's grade (results.Verdict) or why there is none; the CSS
+# colours them (templates/report.html.j2).
+MASKED, SENSITIVE, NO_MASKING = "masked", "attack-sensitive", "no masking detected"
+NOT_AUDITED, NOT_TRAINED = "not audited", "not trained"
 
 
 @dataclass
@@ -60,10 +62,10 @@ class ModelEntry:
         if self.audit is None:
             return NOT_AUDITED if self.run is not None else NOT_TRAINED
         if self.audit.verdict.flagged:
-            return FLAGGED
+            return MASKED
         if self.audit.verdict.grade == ATTACK_SENSITIVE:  # graded verdict (results.Verdict)
-            return WARN
-        return NOT_FLAGGED
+            return SENSITIVE
+        return NO_MASKING
 
     @property
     def flagged_checks(self) -> list[str]:

@@ -16,9 +16,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .loader import MASKED
+
 SUMMARY_COLUMNS = ("method", "temperature", "group", "seeds", "clean_acc", "pgd-ce", "worst-case", "worst-case min",
                    "worst-case max", "worst-case std", "train_phase_acc", "train_phase min", "train_phase max",
-                   "flagged", "vs reference", "real difference")
+                   "masked", "vs reference", "real difference")
 REFERENCE = "trades"  # the comparison every group is held against (the paper's baseline, Table IV first row)
 
 
@@ -38,7 +40,7 @@ def exceeds_spread(a: Sequence[float], b: Sequence[float]) -> bool | None:
 
 
 def seed_summary(table: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
-    """One row per group: means over seeds, worst-case and training-phase ranges, verdict count,
+    """One row per group: means over seeds, worst-case and training-phase ranges, how many seeds are `masked`,
     and the worst-case difference to the reference group with the seed-spread rule."""
     t = table[~table["audit_missing"]].copy()
     t["group"] = [group_name(n, s) for n, s in zip(t["name"], t["seed"])]
@@ -55,7 +57,7 @@ def seed_summary(table: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFram
             "train_phase_acc": np.nanmean(phase) if np.isfinite(phase).any() else math.nan,
             "train_phase min": np.nanmin(phase) if np.isfinite(phase).any() else math.nan,
             "train_phase max": np.nanmax(phase) if np.isfinite(phase).any() else math.nan,
-            "flagged": f"{int((g['verdict'] == 'flagged').sum())}/{len(g)}",
+            "masked": f"{int((g['verdict'] == MASKED).sum())}/{len(g)}",  # seeds graded masked
             "vs reference": worst.mean() - float(np.mean(ref)) if ref and group != reference else math.nan,
             "real difference": "-" if real is None else ("yes" if real else "no (within seed spread)"),
         })
