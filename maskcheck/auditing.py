@@ -113,6 +113,16 @@ class AuditContext:
                 "randomized": len(set(correct)) > 1 or diff > 1e-4, "first_output": outs[0]}
 
     @cached_property
+    def constant_output(self) -> bool:
+        """True when the logits are the same for every audited point (a constant function, e.g. a
+        collapsed or dead network): its zero gradients and unbreakable points are the function's own,
+        not masking, and its robust accuracy is its clean accuracy (the share of one class).
+        Exact equality: a dead ReLU network outputs its last bias bit for bit, while any tolerance
+        would also swallow a masked model whose logits carry a huge constant offset."""
+        z = self.clean_logits
+        return len(z) > 1 and bool(torch.isfinite(z).all()) and torch.equal(z, z[:1].expand_as(z))
+
+    @cached_property
     def eot(self) -> int:
         """Draws per gradient and per prediction: the configured number, else 20 on a randomised model."""
         if self.config.eot is not None:
@@ -392,10 +402,13 @@ def run_audit(
     robust = _robust_acc(ctx)
     timings = {**{f"attack:{k}": round(v, 4) for k, v in ctx.timings.items()},
                **{f"check:{c.check}": c.duration_s for c in results}, "total": round(time.perf_counter() - t0, 4)}
-    notes = ()
+    notes: tuple[str, ...] = ()
     if ctx.eot > 1:
         why = "the model is randomised" if ctx.randomness["randomized"] else "as asked"
         notes = (f"EOT over {ctx.eot} draws ({why}); correctness by majority over the draws",)
+    if ctx.constant_output:
+        notes += (f"degenerate model: the same output for all {ctx.n} points (a constant function); nothing to mask, "
+                  "its robust accuracy is its clean accuracy",)
     return AuditResult(
         model=meta, dataset=dataset, threat=config.threat.to_dict(), n=len(y),
         clean_acc=float(ctx.clean_correct.float().mean()), robust_acc=robust, checks=results,

@@ -158,3 +158,21 @@ def test_black_box_gap_fails_only_on_a_large_gap(extra: int, severity: Severity)
     result = BlackBoxGap().evaluate(ctx)
     assert result.severity is severity, result.summary
     assert result.flagged == (severity is Severity.FAIL)
+
+
+def test_a_dead_network_is_degenerate_not_masked() -> None:
+    """A collapsed model (a PGD-AT seed of the calibration suite): every ReLU dead, the output is the
+    last bias for every input. Its gradients are zero and no attack breaks it because it is a
+    constant function, not because gradients are hidden; it has nothing to mask."""
+    import copy
+
+    dead = copy.deepcopy(honest_cnn())
+    last = [m for m in dead.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+    result = run_audit(dead, digits(), eps=0.3, **FAST)
+    assert result.verdict.grade != "masked", result.verdict.text
+    assert "degenerate model" in result.verdict.text
+    assert result.check("gradient-health").severity is Severity.SKIPPED
+    assert result.check("unbounded-attack").severity is Severity.SKIPPED
+    assert result.robust_acc["worst-case"] == pytest.approx(result.clean_acc)
