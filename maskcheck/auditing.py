@@ -397,7 +397,7 @@ def run_audit(
     results = []
     for check in tqdm(battery, desc="checks", unit="check", disable=not progress, leave=False):
         c0 = time.perf_counter()
-        res = check.evaluate(ctx)
+        res = check.run(ctx)
         results.append(CheckResult(**{**res.__dict__, "duration_s": round(time.perf_counter() - c0, 4)}))
     robust = _robust_acc(ctx)
     timings = {**{f"attack:{k}": round(v, 4) for k, v in ctx.timings.items()},

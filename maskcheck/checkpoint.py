@@ -35,10 +35,10 @@ from .errors import InputError, MaskcheckError, UnsafeModelFileError
 from .fileio import atomic_write, atomic_write_json, read_json
 from .guard import (
     DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, TRUST_FLAG, GuardedModel, check_zip_limits, inspect_pt2,
-    is_pt2, is_torchscript, is_zip, read_model_bytes, unsafe_globals, unwrap, zip_infos,
+    is_pt2, is_torchscript, is_zip, read_model_bytes, unsafe_globals, zip_infos,
 )
 from .validate import validate_run
-from .models import Classifier, build_model, load_state_dict_compat
+from .models import build_model, load_state_dict_compat
 
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"
@@ -310,7 +310,3 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | Path) -> P
     return atomic_write(path, lambda f: f.write(data))
 
 
-def describe(loaded: LoadedModel) -> str:
-    inner = unwrap(loaded.model)
-    t = float(inner.temperature) if isinstance(inner, Classifier) else None
-    return f"{loaded.name} ({loaded.format}, {loaded.info.name}" + (f", temperature {t:g}" if t and t != 1 else "") + ")"

@@ -20,17 +20,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attacks import Rescaled
 
-class ScaledLogits(nn.Module):
-    """Multiplies the logits by `scale`: same argmax, softmax saturated in float32."""
+
+class ScaledLogits(Rescaled):
+    """Multiplies the logits by `scale` (the audit's own `Rescaled`, at a saturating default):
+    same argmax, softmax saturated in float32."""
 
     def __init__(self, model: nn.Module, scale: float = 1e4) -> None:
-        super().__init__()
-        self.model = model
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
+        super().__init__(model, scale)
 
 
 class OffsetLogits(nn.Module):

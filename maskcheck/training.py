@@ -273,8 +273,11 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | None = None, ddp: Dist = Dist(), *,
-                amp: bool | None = None, channels_last: bool | None = None, compile: bool = False) -> TrainState:
+                amp: bool | None = None, channels_last: bool | None = None, compile: bool = False,
+                model: nn.Module | None = None) -> TrainState:
     """Model, optimizer, method and step context for `cfg` (model initialised from cfg.seed).
+
+    `model`: train this module (already on `device`) instead of building `cfg.arch` (see `fit`).
 
     `amp` and `channels_last` default to "on CUDA"; `compile` wraps the model in `torch.compile`
     (the weights stay on `state.model`, which is what checkpoints save). None of the three is a
@@ -284,8 +287,8 @@ def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | Non
     seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels once
-    info = get_info(cfg.dataset)
-    model = build_model(cfg.arch, info, temperature=cfg.model_temperature).to(device)
+    if model is None:
+        model = build_model(cfg.arch, get_info(cfg.dataset), temperature=cfg.model_temperature).to(device)
     amp = device.type == "cuda" if amp is None else amp
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     if channels_last:
@@ -319,14 +322,21 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
     return value, int(correct)
 
 
-def train_step_on_device(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on (x, y); returns (detached loss, correct count) as device tensors, no host sync."""
+def train_step_on_device(state: TrainState, x: torch.Tensor, y: torch.Tensor,
+                         soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on (x, y); returns (detached loss, correct count) as device tensors, no host sync.
+
+    `soft`: target probabilities (B, C) that replace the one-hot labels in the loss (methods with
+    `takes_soft_labels`; `y` is then their argmax, for the accuracy count).
+    """
     if state.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     state.optimizer.zero_grad(set_to_none=True)
     state.model.train()
     # the attack inside `prepare` uses the compiled module too (DDP's wrapper is for the loss only)
     batch = state.method.prepare(state.wrapped if state.compiled else state.model, x, y, state.ctx)
+    if soft is not None:
+        batch.soft = soft
     diff = None
     if state.awp is not None and state.awp.active(state.epoch):
         diff = state.awp.perturbation(state.model, state.method, batch, state.ctx)
@@ -348,6 +358,49 @@ def train_step_on_device(state: TrainState, x: torch.Tensor, y: torch.Tensor) ->
         state.inner_correct = state.inner_correct + (adv_logits.detach().argmax(1) == y).sum()
         state.inner_seen += len(y)
     return loss.detach().float(), (logits.detach().argmax(1) == y).sum()
+
+
+def start_epoch(state: TrainState, rank: int = 0) -> None:
+    """Set epoch `state.epoch`'s learning rate and reseed the attack noise from (seed, epoch, rank).
+
+    Reseeding per epoch is what lets a resumed run repeat an uninterrupted one exactly.
+    """
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr_at(state.cfg, state.epoch)
+    state.ctx.generator.manual_seed(derived_seed(state.cfg.seed, f"attack-{state.epoch}-{rank}"))
+
+
+def fit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig) -> nn.Module:
+    """Train `model` in place on in-memory tensors for `cfg.epochs` epochs; returns it in eval mode.
+
+    The same method, optimizer, lr schedule, shuffling (`DeviceData`) and step (`train_step_on_device`)
+    as `train_run`, without its files, held-out evaluation, progress bar, AMP or resume: for models a
+    test or an experiment trains in-process (tests/controls.py, experiments/synthetic-ambiguity).
+    `cfg.arch` and `cfg.dataset` are not used; the model and data are given.
+
+    x: (N, C, H, W) in [0, 1] on the model's device. targets: labels (N,) (int), or target
+    probabilities (N, num_classes) (float; soft labels, for methods with `takes_soft_labels`).
+    """
+    device = next(model.parameters()).device
+    soft = targets.is_floating_point()
+    if len(targets) != len(x) or targets.ndim != (2 if soft else 1):
+        raise InputError(f"fit needs labels (N,) or probabilities (N, classes) for x of {len(x)} points; "
+                         f"got targets of shape {tuple(targets.shape)}.")
+    state = build_state(cfg, device, model=model, amp=False, channels_last=False)
+    if soft and not state.method.takes_soft_labels:
+        soft_ok = ", ".join(name for name, cls in METHODS.items() if cls.takes_soft_labels)
+        raise InputError(f"--method {cfg.method} does not train on soft labels; use one of {soft_ok}, or give integer labels.")
+    data = DeviceData(x, targets, augment=False, device=device)
+    while state.epoch < cfg.epochs:
+        start_epoch(state)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        for xb, tb in data.batches(cfg, state.epoch):
+            loss, _ = train_step_on_device(state, xb, tb.argmax(1), soft=tb) if soft else train_step_on_device(state, xb, tb)
+            loss_sum += loss.double()
+        if not math.isfinite(loss_sum.item()):  # one host read per epoch, as in train_run
+            raise FloatingPointError(f"{cfg.name}: training loss became {loss_sum.item()} in epoch {state.epoch + 1}; lower lr.")
+        state.epoch += 1
+    return model.eval()
 
 
 # ------------------------------------------------------------------------ evaluate
@@ -550,9 +603,7 @@ def train_run(
         raise InputError("stopping at a training accuracy is not supported under torchrun; give the teacher a fixed --epochs.")
     while state.epoch < cfg.epochs and not _converged(cfg, state.history):
         t0 = time.perf_counter()
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr_at(cfg, state.epoch)
-        state.ctx.generator.manual_seed(derived_seed(cfg.seed, f"attack-{state.epoch}-{ddp.rank}"))
+        start_epoch(state, ddp.rank)
         if on_device is not None:
             batches: Any = on_device.batches(cfg, state.epoch)
             steps = math.ceil(len(on_device) / cfg.batch_size)
@@ -671,5 +722,5 @@ def _progress(batches: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-__all__ = ["DATASET_DEFAULTS", "PRESETS", "DeviceData", "TrainConfig", "build_state", "crop_flip", "evaluate", "lr_at",
-           "make_config", "train_run", "train_step", "train_step_on_device"]
+__all__ = ["DATASET_DEFAULTS", "PRESETS", "DeviceData", "TrainConfig", "build_state", "crop_flip", "evaluate", "fit", "lr_at",
+           "make_config", "start_epoch", "train_run", "train_step", "train_step_on_device"]

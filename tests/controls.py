@@ -9,11 +9,11 @@ import functools
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from maskcheck.controls import CONTROLS, EXPECTED
 from maskcheck.data import load_dataset
 from maskcheck.models import build_model
+from maskcheck.training import fit, make_config
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,26 +23,19 @@ def digits():
 
 @functools.lru_cache(maxsize=None)
 def honest_cnn(temperature: float = 1.0, epochs: int = 8, seed: int = 0) -> nn.Module:
-    """small-cnn trained naturally on digits (a few seconds on 2 CPU cores).
+    """small-cnn trained on digits by the project's loop (`training.fit`; a few seconds on 2 CPU cores).
 
-    With `temperature` T the logits are divided by T while training and not at test time,
-    which scales them by about T: the defensive-distillation (dd) failure mode.
+    temperature 1: natural training. Another T: defensive distillation's teacher phase (method dd),
+    the logits divided by T while training and not at test time, which scales them by about T: the
+    dd failure mode. Adam at a constant lr 3e-3, batch 64 (ours: quick and accurate on digits).
     """
     torch.manual_seed(seed)
     splits = digits()
     x, y = splits.train.tensors
-    model = build_model("small-cnn", splits.info)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), 64):
-            b = perm[i : i + 64]
-            loss = F.cross_entropy(model(x[b]) / temperature, y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    dd = temperature != 1.0
+    cfg = make_config("dd" if dd else "natural", "digits", temperature=temperature if dd else None, epochs=epochs,
+                      batch_size=64, lr=3e-3, optimizer="adam", milestones=(), seed=seed)
+    return fit(build_model("small-cnn", splits.info), x, y, cfg)
 
 
 # The masked wrappers live in the library (the CI regression stage audits them as TorchScript files).

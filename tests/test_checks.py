@@ -111,6 +111,9 @@ def test_gradients_unavailable_is_a_finding_not_a_crash() -> None:
     assert "BPDA" in result.check("gradient-health").summary
     assert result.check("black-box-gap").flagged  # Square still runs and breaks it
     assert result.robust_acc["square"] < result.robust_acc["white-box"]
+    # the checks that read gradient attacks are skipped with one reason, not run on attacks that could not move
+    needing = [c for c in result.checks if REGISTRY[c.check].needs_gradients]
+    assert needing and all(c.severity is Severity.SKIPPED and "no gradient path" in c.summary for c in needing)
 
 
 def test_threshold_override_changes_the_outcome() -> None:

@@ -170,6 +170,57 @@ def test_bad_training_settings_are_input_errors(kwargs: dict, match: str) -> Non
         make_config(kwargs.pop("method"), "digits", **kwargs)
 
 
+# ------------------------------------------------------------------------- fit (in memory)
+
+
+def _fresh(cfg: training.TrainConfig) -> torch.nn.Module:
+    """The model train_run would start from: seeded as build_state seeds it, then built."""
+    from maskcheck.config import seed_everything
+    from maskcheck.models import build_model
+
+    seed_everything(cfg.seed)
+    return build_model(cfg.arch, load_dataset(cfg.dataset).info)
+
+
+def test_fit_is_the_same_loop_as_train_run(tmp_path: Path) -> None:
+    """fit on the first 200 training points ends at train_run's weights (same step, schedule, shuffle)."""
+    cfg = make_config("dd", "digits", temperature=5.0, epochs=2, milestones=(1,), max_train=200, eval_n=10, final_eval_n=10)
+    train_run(cfg, tmp_path / "run", device="cpu", progress=False)
+    saved = checkpoint.load_run(tmp_path / "run").model.state_dict()
+    x, y = load_dataset("digits").train.tensors
+    fitted = training.fit(_fresh(cfg), x[:200], y[:200], cfg).state_dict()
+    assert fitted.keys() == saved.keys()
+    for name, value in fitted.items():
+        torch.testing.assert_close(value, saved[name], msg=lambda m: f"{name}: {m}")
+
+
+def test_fit_on_one_hot_probabilities_equals_fit_on_labels() -> None:
+    """Soft-label targets go through the same loss: one-hot probabilities train as the labels do."""
+    cfg = make_config("natural", "digits", epochs=1, max_train=128)
+    x, y = load_dataset("digits").train.tensors
+    x, y = x[:128], y[:128]
+    hard = training.fit(_fresh(cfg), x, y, cfg).state_dict()
+    soft = training.fit(_fresh(cfg), x, torch.nn.functional.one_hot(y, 10).float(), cfg).state_dict()
+    for name, value in hard.items():
+        torch.testing.assert_close(soft[name], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    # and the probabilities themselves are the targets, not their argmax (uniform ones have argmax 0)
+    uniform = training.fit(_fresh(cfg), x, torch.full((128, 10), 0.1), cfg).state_dict()
+    argmax = training.fit(_fresh(cfg), x, torch.zeros(128, dtype=torch.long), cfg).state_dict()
+    assert not all(torch.allclose(uniform[n], v) for n, v in argmax.items())
+
+
+@pytest.mark.parametrize("method, targets, match", [
+    ("pgd-at", "soft", "does not train on soft labels"),
+    ("natural", "short", r"labels \(N,\) or probabilities"),
+])
+def test_fit_refuses_targets_it_cannot_use(method: str, targets: str, match: str) -> None:
+    cfg = make_config(method, "digits", epochs=1)
+    x, y = load_dataset("digits").train.tensors
+    t = torch.full((len(y), 10), 0.1) if targets == "soft" else y[:-1]
+    with pytest.raises(InputError, match=match):
+        training.fit(_fresh(cfg), x, t, cfg)
+
+
 # ------------------------------------------------------------------------------- DDP
 
 

@@ -29,22 +29,19 @@ sys.path.insert(0, str(REPO))
 from maskcheck.config import seed_everything  # noqa: E402
 from maskcheck.data import load_dataset  # noqa: E402
 from maskcheck.fileio import atomic_write, atomic_write_json  # noqa: E402
-from maskcheck.methods.base import kl_from_probs, soft_cross_entropy  # noqa: E402
+from maskcheck.methods.base import kl_from_probs  # noqa: E402
 from maskcheck.models import build_model  # noqa: E402
+from maskcheck.training import fit, make_config  # noqa: E402
 
 
-def fit(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, epochs: int, seed: int) -> torch.nn.Module:
-    """Full-batch-shuffled Adam on the soft-label cross-entropy -sum(target * log p) (one-hot targets = CE)."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(128):
-            loss = soft_cross_entropy(target[idx], model(x[idx])).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+def train(info, x: torch.Tensor, targets: torch.Tensor, cfg: dict, epochs: int, seed: int) -> torch.nn.Module:
+    """A fresh small-cnn trained by the project's loop (`training.fit`), natural method: cross-entropy
+    on labels, or on target probabilities -sum(target * log p) when `targets` are soft labels.
+    Adam at a constant lr (no milestones), as the paper's simulation needs no schedule (ours)."""
+    seed_everything(seed)
+    train_cfg = make_config("natural", "synthetic", epochs=epochs, batch_size=cfg["batch_size"], lr=cfg["lr"],
+                            optimizer="adam", milestones=(), seed=seed)
+    return fit(build_model("small-cnn", info), x, targets, train_cfg)
 
 
 @torch.no_grad()
@@ -66,10 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     x_tr, y_tr = splits.train.tensors if hasattr(splits.train, "tensors") else splits.train[:]
     x_te, y_te = splits.heldout.tensors
     oracle_te = splits.heldout_oracle
-    k = splits.info.num_classes
 
-    seed_everything(args.seed)
-    teacher = fit(build_model("small-cnn", splits.info), x_tr, F.one_hot(y_tr, k).float(), args.epochs, args.seed)
+    teacher = train(splits.info, x_tr, y_tr, cfg, args.epochs, args.seed)
     with torch.no_grad():
         teacher_logits = teacher(x_tr)
     rows = []
@@ -77,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                "accuracy": float((teacher(x_te).argmax(1) == y_te).float().mean())}
     print(f"one-hot (model 1): discrepancy {one_hot['discrepancy']:.4f}, held-out accuracy {one_hot['accuracy']:.3f}")
     for t in cfg["temps"]:
-        seed_everything(args.seed)
         soft = F.softmax(teacher_logits / t, dim=1)
-        student = fit(build_model("small-cnn", splits.info), x_tr, soft, args.epochs, args.seed)
+        student = train(splits.info, x_tr, soft, cfg, args.epochs, args.seed)
         row = {"T": t, "discrepancy": discrepancy(student, x_te, oracle_te),
                "accuracy": float((student(x_te).argmax(1) == y_te).float().mean())}
         rows.append(row)

@@ -16,7 +16,7 @@ import inspect
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence, final
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ class Check:
     name: ClassVar[str] = ""
     mechanism: ClassVar[str] = ""
     remedy: ClassVar[str] = ""
+    # True: the check reads gradient attacks and is skipped, with one reason, when the input has no
+    # gradient path (gradient-health reports that case itself)
+    needs_gradients: ClassVar[bool] = False
 
     def needs(self, cfg: "AuditConfig", bat: "Battery") -> tuple["AttackSpec", ...]:
         """The attack runs this check reads (the audit runs their union once, before any check)."""
@@ -52,6 +55,13 @@ class Check:
 
     def evaluate(self, ctx: "AuditContext") -> CheckResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @final
+    def run(self, ctx: "AuditContext") -> CheckResult:
+        """What the audit calls: `evaluate`, or a skip when the check needs gradients the model lacks."""
+        if self.needs_gradients and not ctx.grad_ok:
+            return self.skipped(ctx, "no gradient path to the input (see gradient-health)")
+        return self.evaluate(ctx)
 
     @classmethod
     def doc(cls) -> str:

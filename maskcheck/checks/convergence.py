@@ -47,6 +47,7 @@ class AttackConvergence(Check):
     name = "attack-convergence"
     mechanism = "attack not converged"
     remedy = "run more steps and restarts (APGD), and report the stronger result"
+    needs_gradients = True
 
     @staticmethod
     def _pairs(bat):
@@ -60,8 +61,6 @@ class AttackConvergence(Check):
         return tuple(s for _, run, doubled in self._pairs(bat) for s in (run, doubled))
 
     def evaluate(self, ctx) -> CheckResult:
-        if not ctx.grad_ok:
-            return self.skipped(ctx, "no gradient path to the input (see gradient-health)")
         ev: dict = {}
         curves: dict[str, list[float]] = {}
         worst = None

@@ -50,13 +50,12 @@ class LossDisagreement(Check):
     name = "loss-disagreement"
     mechanism = "CE/margin disagreement not explained by logit scale"
     remedy = "attack with a margin or DLR loss (APGD-T), or divide the logits by the temperature"
+    needs_gradients = True
 
     def needs(self, cfg, bat):
         return (bat.pgd_ce, bat.pgd_margin, bat.apgd_ce, bat.apgd_dlr)
 
     def evaluate(self, ctx) -> CheckResult:
-        if not ctx.grad_ok:
-            return self.skipped(ctx, "no gradient path to the input (see gradient-health)")
         bat = ctx.battery
         ce_pgd, mg_pgd = ctx.correct(bat.pgd_ce), ctx.correct(bat.pgd_margin)
         ce, margin = ctx.correct(bat.apgd_ce), ctx.correct(bat.apgd_dlr)  # cumulative: PGD then APGD

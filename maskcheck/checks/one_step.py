@@ -25,6 +25,7 @@ class OneStepVsIterative(Check):
     name = "one-step-vs-iterative"
     mechanism = "shattered gradients"
     remedy = "use BPDA for non-differentiable steps and more iterations/restarts"
+    needs_gradients = True
 
     def needs(self, cfg, bat):
         return (bat.fgsm, *self._iterative(bat))
@@ -34,8 +35,6 @@ class OneStepVsIterative(Check):
         return tuple(s for s in bat.white_box if s != bat.fgsm)
 
     def evaluate(self, ctx) -> CheckResult:
-        if not ctx.grad_ok:
-            return self.skipped(ctx, "no gradient path to the input (see gradient-health)")
         fgsm, iterative = ctx.correct(ctx.battery.fgsm), ctx.prior(self._iterative(ctx.battery))
         e = extra_breaks(fgsm, iterative, ctx.n, self.null_rate)
         acc_f, acc_i = float(fgsm.float().mean()), float(iterative.float().mean())

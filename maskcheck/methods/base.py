@@ -65,6 +65,9 @@ class Method:
     needs_teacher: ClassVar[bool] = False
     has_temperature: ClassVar[bool] = False  # takes a distillation temperature T
     adversarial: ClassVar[bool] = False
+    # the objective trains on `Batch.soft` in place of the one-hot labels when it is set (training.fit's
+    # soft-label targets); methods that compute `soft` from a teacher or ignore it leave this False
+    takes_soft_labels: ClassVar[bool] = False
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:
         return Batch(x, y)

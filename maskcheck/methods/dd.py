@@ -28,6 +28,7 @@ from .base import Batch, Method, StepContext, autocast_ctx, soft_cross_entropy
 class DefensiveDistillation(Method):
     name: ClassVar[str] = "dd"
     has_temperature: ClassVar[bool] = True
+    takes_soft_labels: ClassVar[bool] = True
     temperature: float = 100.0  # C&W default train_temp=100
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:

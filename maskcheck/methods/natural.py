@@ -19,7 +19,10 @@ from .base import Batch, Method, StepContext
 @dataclass
 class Natural(Method):
     name: ClassVar[str] = "natural"
+    takes_soft_labels: ClassVar[bool] = True
 
     def objective(self, model: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(batch.x)
-        return F.cross_entropy(logits.float(), batch.y), logits
+        # given target probabilities (soft labels), cross_entropy computes -sum p log softmax(logits)
+        target = batch.soft if batch.soft is not None else batch.y
+        return F.cross_entropy(logits.float(), target), logits
