@@ -41,9 +41,14 @@ _ROOT = Path(tempfile.mkdtemp(prefix="maskcheck-calibration-"))
 MNIST_TRAIN = dict(max_train=2000, epochs=3)
 
 
-@functools.lru_cache(maxsize=None)
 def trained(method: str, seed: int, temperature: float | None = None, dataset: str = "digits") -> nn.Module:
-    """Train one model with the project's training loop (cached per process)."""
+    """Train one model with the project's training loop (once per process: however it is called,
+    the same model has one cache key, so a finished run folder is never trained into again)."""
+    return _trained(method, seed, temperature, dataset)
+
+
+@functools.lru_cache(maxsize=None)
+def _trained(method: str, seed: int, temperature: float | None, dataset: str) -> nn.Module:
     run_dir = _ROOT / f"{dataset}-{method}-{temperature}-{seed}"
     teacher = None
     if method == "ltd":
