@@ -28,8 +28,8 @@ from maskcheck.launch import (Backend, JobCall, SlurmConfig, Task, format_status
                               parse_slurm_time, slurm_sweep, sweep_status, validate_config)
 from maskcheck.sweep import audit_sweep, run_sweep
 
-# Tiny but real: 6 epochs give a window to interrupt a run between its last.ckpt and its end.
-TINY = dict(epochs=6, max_train=64, eval_n=10, final_eval_n=20, attack_steps=2, milestones=(6,))
+# Tiny but real: 4 epochs give a window to interrupt a run between its last.ckpt and its end.
+TINY = dict(epochs=4, max_train=64, eval_n=10, final_eval_n=20, attack_steps=2, milestones=(4,))
 AUDIT = dict(n=10, seed=0, square_queries=20)
 LOCAL = SlurmConfig(executor="local", cpus=1, time=30)
 
