@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import checkpoint
-from .errors import InputError, MaskcheckError
+from .errors import EXIT_JOBS_UNFINISHED, InputError, MaskcheckError
 from .fileio import atomic_write_json, read_json
 
 LAUNCHERS = ("local", "slurm")
 JOBS_FOLDER = "slurm"  # SWEEP/slurm/: submitit's pickles and each job's log (<id>_0_log.out)
 SELECTED_FILE = "select-temperature/selected.json"
-EXIT_JOBS_UNFINISHED = 4  # README "Exit codes"
 
 
 class JobsUnfinishedError(MaskcheckError):
@@ -675,11 +674,11 @@ def slurm_sweep(
     prepared = prepare_sweep(sweep_dir, log=log, keep_temp_in=busy, **sweep_args)
     manifest, plan = prepared.manifest, prepared.plan
     record = _record(manifest, config)
-    data = str(data_dir) if data_dir else None
+    data = str(Path(data_dir).resolve()) if data_dir else None  # jobs may start in another folder: absolute paths
     tasks: list[Task] = []
     for j in prepared.todo:
         run = sweep_dir / j.run_dir
-        teacher_dirs = tuple(str(sweep_dir / next(p.run_dir for p in plan if p.name == d)) for d in j.depends_on)
+        teacher_dirs = tuple(str((sweep_dir / next(p.run_dir for p in plan if p.name == d)).resolve()) for d in j.depends_on)
         call = JobCall("train", _TrainTask(j, str(sweep_dir.resolve()), sweep_args["dataset"], prepared.seed, prepared.settings,
                                            data, False, compile_),
                        device, _threads(config), teacher_dirs)
@@ -833,11 +832,11 @@ def sweep_status(sweep_dir: Path) -> tuple[list[StatusRow], list[str]]:
     def row(key: str, done: bool, on_disk: str) -> StatusRow:
         r = records.get(key, {})
         job = str(r.get("job_id", "-"))
+        state = states.get(job)
+        if state in ACTIVE:  # e.g. a re-audit with other settings while the old audit.json is still there
+            return StatusRow(key, state, job, r.get("log", ""))
         if done:
             return StatusRow(key, "done", job, r.get("log", "") or on_disk)
-        state = states.get(job)
-        if state in ACTIVE:
-            return StatusRow(key, state, job, r.get("log", ""))
         if r:  # a job ran and left no result
             if state is None and backend is None:
                 return StatusRow(key, "unknown", job, r.get("log", ""))
