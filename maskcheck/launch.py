@@ -27,7 +27,6 @@ student back until its teacher is finished and therefore always waits.
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import re
 import shutil
@@ -322,13 +321,6 @@ class Backend:
         raise NotImplementedError
 
 
-def _paths(folder: Path, job_id: str) -> tuple[Path, Path]:
-    from submitit.core.utils import JobPaths
-
-    p = JobPaths(folder, job_id=job_id, task_id=0)
-    return p.stdout, p.result_pickle
-
-
 class SlurmBackend(Backend):
     """sbatch through submitit.SlurmExecutor; states from squeue (sacct only for why a job ended)."""
 
@@ -453,13 +445,12 @@ def make_backend(sweep_dir: Path, config: SlurmConfig) -> Backend:
 def backend_for_record(sweep_dir: Path, record: Mapping[str, Any]) -> Backend | None:
     """A backend able to read the states of the jobs `record` lists (None: the cluster's tools are not here)."""
     if record.get("executor") == "local":
-        b = LocalBackend.__new__(LocalBackend)
-        b.jobs = {}
-        return b
+        local = LocalBackend.__new__(LocalBackend)  # states of earlier jobs need no executor
+        local.jobs = {}
+        return local
     if shutil.which("squeue") is None:
         return None
-    b2 = SlurmBackend.__new__(SlurmBackend)
-    return b2
+    return SlurmBackend.__new__(SlurmBackend)  # states and cancel need no executor
 
 
 # --------------------------------------------------------------------------- tasks
@@ -473,7 +464,6 @@ class Task:
     call: JobCall
     deps: tuple[str, ...]
     finished: Callable[[], bool]
-    folder: Path  # where it writes (its temp files are not stale while it runs)
 
 
 @dataclass
@@ -537,9 +527,9 @@ def launch(
         if t.key in live and any(d in by_key and d not in finished and d not in live for d in t.deps):
             log(f"{t.key}: job {live[t.key]} waits on a job that no longer runs; cancelling it to submit it again")
             backend.cancel(live.pop(t.key))
-    result.kept = [k for k in live]
+    result.kept = list(live)
     for k, j in live.items():
-        log(f"{k}: job {j} still {'queued or running'}; not submitted again")
+        log(f"{k}: job {j} still queued or running; not submitted again")
     jobs = dict(live)  # key -> job id in this launch
     ended: set[str] = set()
     pending = [t for t in tasks if t.key not in finished and t.key not in live]
@@ -619,10 +609,6 @@ def _record(manifest: dict[str, Any], config: SlurmConfig) -> dict[str, Any]:
     return rec
 
 
-def _threads(config: SlurmConfig) -> int | None:
-    return config.cpus
-
-
 def audit_tasks(sweep_dir: Path, audits: Sequence[Any], device: str, config: SlurmConfig,
                 train_keys: Iterable[str] = ()) -> list[Task]:
     """One task per planned audit (sweep.plan_audits), after its run's training task when that is planned too."""
@@ -638,7 +624,7 @@ def audit_tasks(sweep_dir: Path, audits: Sequence[Any], device: str, config: Slu
             return target.is_file() and (before is None or target.stat().st_mtime_ns != before)
 
         deps = (f"train:{a.name}",) if f"train:{a.name}" in train_keys else ()
-        out.append(Task(key, JobCall("audit", a, device, _threads(config), (a.run_dir,)), deps, finished, Path(a.run_dir)))
+        out.append(Task(key, JobCall("audit", a, device, config.cpus, (a.run_dir,)), deps, finished))
     return out
 
 
@@ -681,16 +667,16 @@ def slurm_sweep(
         teacher_dirs = tuple(str((sweep_dir / next(p.run_dir for p in plan if p.name == d)).resolve()) for d in j.depends_on)
         call = JobCall("train", _TrainTask(j, str(sweep_dir.resolve()), sweep_args["dataset"], prepared.seed, prepared.settings,
                                            data, False, compile_),
-                       device, _threads(config), teacher_dirs)
+                       device, config.cpus, teacher_dirs)
         tasks.append(Task(f"train:{j.name}", call, tuple(f"train:{d}" for d in j.depends_on),
-                          lambda run=run: checkpoint.is_complete_run(run), run))
+                          lambda run=run: checkpoint.is_complete_run(run)))
     if sweep_args.get("select") and not (sweep_dir / SELECTED_FILE).is_file():
         first = plan[0].seed
         needs = [j for j in plan if j.seed == first and (j.method == "natural" or (j.method == "ltd" and j.variant is None))]
         call = JobCall("select", (str(sweep_dir.resolve()), plan, sweep_args["dataset"], prepared.settings, data), device,
-                       _threads(config))
+                       config.cpus)
         tasks.append(Task("select-temperature", call, tuple(f"train:{j.name}" for j in needs if j in prepared.todo),
-                          lambda: (sweep_dir / SELECTED_FILE).is_file(), sweep_dir / "select-temperature"))
+                          lambda: (sweep_dir / SELECTED_FILE).is_file()))
     if audit:
         audits, _done = plan_audits(sweep_dir, data_dir=data_dir, progress=False, include_untrained=True, log=log, **audit_args)
         tasks += audit_tasks(sweep_dir, [type(a)(**{**asdict(a), "run_dir": str(Path(a.run_dir).resolve())}) for a in audits],

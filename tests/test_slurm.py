@@ -142,7 +142,7 @@ def _tasks(done: set[str]) -> list[Task]:
     """natural -> {dd-teacher-T5 -> dd-T5, ltd-T5}, each with an audit (the sweep's shape)."""
     graph = {"train:natural": (), "train:dd-teacher-T5": (), "train:dd-T5": ("train:dd-teacher-T5",),
              "train:ltd-T5": ("train:natural",), "audit:natural": ("train:natural",), "audit:ltd-T5": ("train:ltd-T5",)}
-    return [Task(k, JobCall("train", None, "cpu"), deps, (lambda k=k: k in done), Path(".")) for k, deps in graph.items()]
+    return [Task(k, JobCall("train", None, "cpu"), deps, (lambda k=k: k in done)) for k, deps in graph.items()]
 
 
 def test_slurm_gets_every_job_at_once_with_afterok_on_its_teachers_job(tmp_path: Path) -> None:
@@ -313,6 +313,13 @@ def test_status_of_a_local_sweep_comes_from_its_folders(tmp_path: Path) -> None:
     assert "launcher: local" in res.output
     res = CliRunner().invoke(app, ["sweep-status", str(tmp_path)])
     assert isinstance(res.exception, InputError) and "not a sweep folder" in str(res.exception)  # main() makes it exit 2
+
+
+def test_auditing_a_sweep_folder_refuses_single_model_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = _fake_sweep(tmp_path)
+    for args in (["--checks", "black-box"], ["--out", str(tmp_path / "a.json")], ["--fail-on-flag"]):
+        assert _main("audit", str(sweep), *args) == 2
+        assert "apply to a single model, not to a sweep folder" in capsys.readouterr().err
 
 
 def test_local_launcher_refuses_a_sweep_whose_cluster_jobs_still_run(tmp_path: Path) -> None:

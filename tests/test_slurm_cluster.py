@@ -85,3 +85,14 @@ def test_sweep_on_slurm_survives_a_cancelled_job(slurm_cluster: None, tmp_path: 
     assert {k: v for k, v in ((p.parent.name, p.stat().st_mtime_ns) for p in out.glob("runs/*/run.json")) if k in stamps} == stamps
     assert (out / "report.html").is_file() and len((out / "report.csv").read_text().splitlines()) == 4
     print(f"submit, cancel, rerun and report through Slurm: {time.monotonic() - started:.0f} s")
+
+    # the sweep's audit stage alone, with other settings: one audit job per model, nothing retrained
+    audit = subprocess.run([sys.executable, "-m", "maskcheck", "audit", str(out), "--n", "12", "--square-queries", "20",
+                            "--device", "cpu", "--launcher", "slurm", "--slurm", "gpus=0", "--slurm", "cpus=1", "--wait"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert audit.returncode == 0, audit.stderr[-2000:]
+    again = json.loads((out / "sweep.json").read_text())["launcher"]["tasks"]
+    assert {k for k in again if again[k]["job_id"] != tasks[k]["job_id"]} == {"audit:natural", "audit:ltd-T1", "audit:ltd-T2"}
+    assert all(json.loads(p.read_text())["n"] == 12 for p in out.glob("runs/*/audit.json"))
+    assert {k: v for k, v in ((p.parent.name, p.stat().st_mtime_ns) for p in out.glob("runs/*/run.json")) if k in stamps} == stamps
+    print(f"with the audit stage again: {time.monotonic() - started:.0f} s")
