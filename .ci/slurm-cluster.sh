@@ -14,6 +14,7 @@ set -euo pipefail
 
 ROOT=${SLURM_TEST_ROOT:-/tmp/maskcheck-slurm}
 CONF=/etc/slurm/slurm.conf
+MARKER="# written by maskcheck's .ci/slurm-cluster.sh"
 die() { echo "slurm-cluster: $*" >&2; exit 1; }
 
 down() {
@@ -37,7 +38,14 @@ up() {
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge \
       >/dev/null) || die "apt-get install slurmctld slurmd slurm-client munge failed (no package mirror reachable?)"
   fi
+  # never take over a real Slurm installation: only a config this script wrote is rewritten
+  if [ -f "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
+    die "$CONF exists and was not written by this script; not touching a real Slurm setup"
+  fi
   down  # a previous run's daemons
+  if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+    die "slurmctld/slurmd already run here (not started by this script); stop them or use that cluster"
+  fi
   mkdir -p "$ROOT"/{spool-ctld,spool-d,log,munge} /etc/munge /run/munge /var/log/munge /var/lib/munge
   # munge: a key shared by the controller and the node (both here)
   if [ ! -s /etc/munge/munge.key ]; then
@@ -58,7 +66,7 @@ up() {
   node=$(slurmd -C | head -1) || die "slurmd -C failed"
   mkdir -p /etc/slurm
   cat > "$CONF" <<EOF
-# written by maskcheck's .ci/slurm-cluster.sh: a one-node test cluster, no accounting, no cgroups
+$MARKER: a one-node test cluster, no accounting, no cgroups
 ClusterName=maskcheck
 SlurmctldHost=$host
 SlurmUser=root

@@ -19,6 +19,7 @@ from .validate import check_out_path
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
+    from .launch import LaunchResult, SlurmConfig
 
 app = typer.Typer(
     name="maskcheck",
@@ -200,7 +201,7 @@ def train_sweep_cmd(
         typer.echo(str(render_report([sweep_dir], report_out or sweep_dir / "report.html")))
 
 
-def _launcher_config(launcher: str, flags: list[str], config_file: Optional[Path], wait: bool):
+def _launcher_config(launcher: str, flags: list[str], config_file: Optional[Path], wait: bool) -> "SlurmConfig | None":
     """None for --launcher local (after refusing slurm-only flags); the validated SlurmConfig for slurm."""
     if launcher not in ("local", "slurm"):
         raise MaskcheckError(f"--launcher must be local or slurm; got {launcher!r}.")
@@ -213,7 +214,7 @@ def _launcher_config(launcher: str, flags: list[str], config_file: Optional[Path
     return load_config(config_file, flags)
 
 
-def _launch_finished(sweep_dir: Path, result) -> bool:
+def _launch_finished(sweep_dir: Path, result: "LaunchResult") -> bool:
     """Say what the slurm launcher did; True when every task is done (the report can be rendered)."""
     from .launch import JobsUnfinishedError, unfinished_message
 
@@ -365,7 +366,7 @@ def audit_cmd(
         raise typer.Exit(1)
 
 
-def _audit_sweep_folder(sweep_dir: Path, slurm_cfg, *, n: int, seed: int, square_queries: int, device: str,
+def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: int, seed: int, square_queries: int, device: str,
                         data_dir: Optional[Path], quiet: bool, wait: bool, ignored: dict) -> None:
     """`maskcheck audit SWEEP`: the sweep's own audit stage, locally or as Slurm jobs."""
     given = [flag for flag, value in ignored.items() if value is not None]

@@ -393,7 +393,8 @@ class LocalBackend(Backend):
 
         self.folder = folder / JOBS_FOLDER
         self.executor = submitit.LocalExecutor(folder=self.folder, max_num_timeout=config.max_requeues)
-        self.executor.update_parameters(timeout_min=config.time, stderr_to_stdout=True, gpus_per_node=0)
+        # gpus: CUDA_VISIBLE_DEVICES=0..gpus-1 for every job (they share the cards; 0 hides them)
+        self.executor.update_parameters(timeout_min=config.time, stderr_to_stdout=True, gpus_per_node=config.gpus)
         self.jobs: dict[str, Any] = {}  # this process's jobs: their Popen reaps them
 
     def submit(self, call: JobCall, job_name: str, after: Sequence[str]) -> tuple[str, Path, Path]:

@@ -55,6 +55,9 @@ def test_sweep_on_slurm_survives_a_cancelled_job(slurm_cluster: None, tmp_path: 
     first = json.loads((out / "sweep.json").read_text())["launcher"]["tasks"]
     victim = first["train:ltd-T2"]["job_id"]
     assert first["train:ltd-T2"]["after"] == [first["train:natural"]["job_id"]]  # afterok on the teacher's job
+    again = subprocess.run(_sweep(out), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 job(s) submitted" in again.stderr, again.stderr[-2000:]  # queued: not twice
+    assert json.loads((out / "sweep.json").read_text())["launcher"]["tasks"] == first
 
     deadline = time.monotonic() + 300
     while not (out / "runs" / "ltd-T2" / "last.ckpt").is_file():
