@@ -203,14 +203,14 @@ def train_sweep_cmd(
 
 def _launcher_config(launcher: str, flags: list[str], config_file: Optional[Path], wait: bool) -> "SlurmConfig | None":
     """None for --launcher local (after refusing slurm-only flags); the validated SlurmConfig for slurm."""
-    if launcher not in ("local", "slurm"):
-        raise MaskcheckError(f"--launcher must be local or slurm; got {launcher!r}.")
+    from .launch import LAUNCHERS, load_config
+
+    if launcher not in LAUNCHERS:
+        raise MaskcheckError(f"--launcher must be {' or '.join(LAUNCHERS)}; got {launcher!r}.")
     if launcher == "local":
         if flags or config_file is not None or wait:
             raise MaskcheckError("--slurm, --slurm-config and --wait go with --launcher slurm; add it, or drop them.")
         return None
-    from .launch import load_config
-
     return load_config(config_file, flags)
 
 

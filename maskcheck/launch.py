@@ -303,7 +303,6 @@ class Backend:
     """Submit, watch and cancel jobs on one kind of executor."""
 
     native_dependencies = False
-    name = "?"
 
     def submit(self, call: JobCall, job_name: str, after: Sequence[str]) -> tuple[str, Path, Path]:
         """Submit `call`, to start after the jobs `after` succeeded; (job id, log file, result marker file)."""
@@ -325,7 +324,6 @@ class SlurmBackend(Backend):
     """sbatch through submitit.SlurmExecutor; states from squeue (sacct only for why a job ended)."""
 
     native_dependencies = True
-    name = "slurm"
 
     def __init__(self, folder: Path, config: SlurmConfig) -> None:
         import submitit
@@ -386,7 +384,6 @@ class LocalBackend(Backend):
     """submitit.LocalExecutor: the same jobs as local processes (the launcher's tests); no dependencies."""
 
     native_dependencies = False
-    name = "local"
 
     def __init__(self, folder: Path, config: SlurmConfig) -> None:
         import submitit
