@@ -607,8 +607,7 @@ def _record(manifest: dict[str, Any], config: SlurmConfig) -> dict[str, Any]:
     return rec
 
 
-def audit_tasks(sweep_dir: Path, audits: Sequence[Any], device: str, config: SlurmConfig,
-                train_keys: Iterable[str] = ()) -> list[Task]:
+def audit_tasks(audits: Sequence[Any], device: str, config: SlurmConfig, train_keys: Iterable[str] = ()) -> list[Task]:
     """One task per planned audit (sweep.plan_audits), after its run's training task when that is planned too."""
     train_keys = set(train_keys)
     out = []
@@ -677,7 +676,7 @@ def slurm_sweep(
                           lambda: (sweep_dir / SELECTED_FILE).is_file()))
     if audit:
         audits, _done = plan_audits(sweep_dir, data_dir=data_dir, progress=False, include_untrained=True, log=log, **audit_args)
-        tasks += audit_tasks(sweep_dir, [type(a)(**{**asdict(a), "run_dir": str(Path(a.run_dir).resolve())}) for a in audits],
+        tasks += audit_tasks([type(a)(**{**asdict(a), "run_dir": str(Path(a.run_dir).resolve())}) for a in audits],
                              device, config, [t.key for t in tasks])
     if backend.native_dependencies and jobs != 1:
         log("--jobs is not used by the slurm launcher: the cluster decides how many jobs run at once")
@@ -720,7 +719,7 @@ def slurm_audit(sweep_dir: Path, *, config: SlurmConfig, wait: bool, jobs: int, 
     manifest = read_json(sweep_dir / SWEEP_FILE, "sweep manifest")
     record = _record(manifest, config)
     audits, _done = plan_audits(sweep_dir, data_dir=data_dir, progress=False, log=log, **audit_args)
-    tasks = audit_tasks(sweep_dir, [type(a)(**{**asdict(a), "run_dir": str(Path(a.run_dir).resolve())}) for a in audits],
+    tasks = audit_tasks([type(a)(**{**asdict(a), "run_dir": str(Path(a.run_dir).resolve())}) for a in audits],
                         device, config)
     return launch(tasks, backend, sweep_dir, record["tasks"], wait=wait or not backend.native_dependencies,
                   max_running=max(1, jobs), save=lambda: atomic_write_json(sweep_dir / SWEEP_FILE, manifest), log=log,
