@@ -407,7 +407,7 @@ class LocalBackend(Backend):
             if job is not None:
                 alive = job._process is not None and job._process.poll() is None
             else:  # a job of an earlier submit: its controller process, if it still lives
-                alive = _pid_alive(int(j)) if str(j).isdigit() else False
+                alive = _controller_alive(int(j)) if str(j).isdigit() else False
             out[str(j)] = "running" if alive else "ended"
         return out
 
@@ -417,23 +417,31 @@ class LocalBackend(Backend):
             job.cancel()
             if job._process is not None:
                 job._process.wait(timeout=30)
-        elif job_id.isdigit() and _pid_alive(int(job_id)):
+        elif job_id.isdigit() and _controller_alive(int(job_id)):
             import signal
 
             os.kill(int(job_id), signal.SIGINT)  # what LocalJob.cancel sends: the controller stops its task
 
 
-def _pid_alive(pid: int) -> bool:
-    """A live process (not a zombie) with this pid."""
+LOCAL_CONTROLLER = "submitit.local._local"  # the module a LocalExecutor job's controller process runs
+
+
+def _controller_alive(pid: int) -> bool:
+    """A live (not zombie) submitit LocalExecutor controller with this pid (the local job id).
+
+    The command line is checked too: pids are reused, and a recycled one must not look like a
+    running job.
+    """
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError, OverflowError):
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return True  # no /proc (not Linux): trust the pid
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and LOCAL_CONTROLLER in cmdline
 
 
 def make_backend(sweep_dir: Path, config: SlurmConfig) -> Backend:

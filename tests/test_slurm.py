@@ -215,7 +215,7 @@ def test_slurm_launcher_end_to_end_on_local_processes(tmp_path: Path) -> None:
     def interrupt() -> None:
         """Preempt train:ltd-T1 and cancel train:ltd-T2, each once its first epoch is checkpointed."""
         todo = {"train:ltd-T1": signal.SIGUSR2, "train:ltd-T2": signal.SIGINT}
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while todo and time.monotonic() < deadline:
             for key, sig in list(todo.items()):
                 ckpt = sweep / "runs" / key.split(":")[1] / "last.ckpt"
@@ -323,7 +323,8 @@ def test_auditing_a_sweep_folder_refuses_single_model_options(tmp_path: Path, ca
 
 
 def test_local_launcher_refuses_a_sweep_whose_cluster_jobs_still_run(tmp_path: Path) -> None:
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a stand-in for a LocalExecutor job's controller (its command line names submitit's module)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", launch.LOCAL_CONTROLLER])
     try:
         rec = {"kind": "slurm", "executor": "local",
                "tasks": {"train:ltd-T5": {"job_id": str(sleeper.pid), "log": "slurm/x.out", "result": "slurm/x.pkl"}}}
@@ -336,5 +337,13 @@ def test_local_launcher_refuses_a_sweep_whose_cluster_jobs_still_run(tmp_path: P
         sleeper.kill()
         sleeper.wait()
     launch.refuse_live_jobs(sweep)  # the job ended: a local run may go on
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # any process, e.g. a reused pid
+    try:
+        rec["tasks"]["train:ltd-T5"]["job_id"] = str(other.pid)
+        (sweep / "sweep.json").write_text(json.dumps({**json.loads((sweep / "sweep.json").read_text()), "launcher": rec}))
+        launch.refuse_live_jobs(sweep)
+    finally:
+        other.kill()
+        other.wait()
     rows, _ = sweep_status(sweep)
     assert {r.task: r.state for r in rows}["train:ltd-T5"] == "failed"
