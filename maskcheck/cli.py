@@ -19,6 +19,7 @@ from .validate import check_out_path
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
+    from .launch import LaunchResult, SlurmConfig
 
 app = typer.Typer(
     name="maskcheck",
@@ -31,6 +32,10 @@ app = typer.Typer(
 
 DEVICE_HELP = "auto (CUDA if present, else CPU), cpu, or cuda[:n]."
 DATA_DIR_HELP = "Folder holding downloaded datasets (default: $MASKCHECK_DATA_DIR or ~/.cache/maskcheck/data)."
+LAUNCHER_HELP = "local: this machine's worker pool (--jobs); slurm: one Slurm job per run and per audit (README, 'On a Slurm cluster')."
+SLURM_HELP = "Slurm setting KEY=VALUE, repeatable: partition, time, gpus, cpus, mem, account, qos, constraint, setup, sbatch.<option>."
+SLURM_CONFIG_HELP = "JSON or TOML file of Slurm settings (the --slurm keys; extra sbatch options in an sbatch table)."
+WAIT_HELP = "--launcher slurm: wait for the jobs, then report (default: submit and return; rerun to collect)."
 
 
 def _version_callback(value: bool) -> None:
@@ -140,6 +145,10 @@ def train_sweep_cmd(
     report_out: Optional[Path] = typer.Option(None, "--report-out", help="Report path (default SWEEP/report.html)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     compile_model: bool = typer.Option(False, "--compile", help="Train with torch.compile (faster steps after a compile of about a minute; GPU)."),
+    launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
+    slurm: list[str] = typer.Option([], "--slurm", help=SLURM_HELP),
+    slurm_config: Optional[Path] = typer.Option(None, "--slurm-config", help=SLURM_CONFIG_HELP),
+    wait: bool = typer.Option(False, "--wait/--no-wait", help=WAIT_HELP),
 ) -> None:
     """Train natural, dd, trades and ltd over a temperature sweep, audit them and render the report; rerun to resume."""
     from .config import parse_name_list, parse_temps
@@ -158,8 +167,26 @@ def train_sweep_cmd(
         if preset not in PRESETS:
             raise MaskcheckError(f"unknown --preset {preset!r}; valid: {', '.join(PRESETS)}.")
         settings = {**PRESETS[preset], **{k: v for k, v in settings.items() if v is not None}}
+    slurm_cfg = _launcher_config(launcher, slurm, slurm_config, wait)
     sweep_dir = out or Path("runs") / f"sweep-{dataset}"
     hold_sweep_lock(sweep_dir)  # for training, audits and report; released when this process exits
+    if slurm_cfg is not None:
+        from .launch import slurm_sweep
+
+        sweep_args = dict(temps=temp_list, methods=method_list, dataset=dataset, seed=seed, device=device, settings=settings,
+                          seeds=seed_list, arms=arm_list, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs,
+                          select=select_temperature, data_dir=data_dir, compile=compile_model)
+        _, result = slurm_sweep(sweep_dir, config=slurm_cfg, wait=wait, jobs=jobs, sweep_args=sweep_args, audit=audit,
+                                audit_args=dict(n=audit_n, seed=seed, square_queries=square_queries, autoattack_standard=autoattack_standard), log=info)
+        typer.echo(f"{sweep_dir / 'sweep.json'}")
+        if _launch_finished(sweep_dir, result) and report:
+            from .report import render_report
+
+            typer.echo(str(render_report([sweep_dir], report_out or sweep_dir / "report.html")))
+        return
+    from .launch import refuse_live_jobs
+
+    refuse_live_jobs(sweep_dir)
     run_sweep(sweep_dir, temps=temp_list, methods=method_list, dataset=dataset, seed=seed, device=device, jobs=jobs,
               settings=settings, data_dir=data_dir, progress=progress, log=info, compile=compile_model,
               seeds=seed_list, arms=arm_list, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs,
@@ -174,6 +201,32 @@ def train_sweep_cmd(
         from .report import render_report
 
         typer.echo(str(render_report([sweep_dir], report_out or sweep_dir / "report.html")))
+
+
+def _launcher_config(launcher: str, flags: list[str], config_file: Optional[Path], wait: bool) -> "SlurmConfig | None":
+    """None for --launcher local (after refusing slurm-only flags); the validated SlurmConfig for slurm."""
+    from .launch import LAUNCHERS, load_config
+
+    if launcher not in LAUNCHERS:
+        raise MaskcheckError(f"--launcher must be {' or '.join(LAUNCHERS)}; got {launcher!r}.")
+    if launcher == "local":
+        if flags or config_file is not None or wait:
+            raise MaskcheckError("--slurm, --slurm-config and --wait go with --launcher slurm; add it, or drop them.")
+        return None
+    return load_config(config_file, flags)
+
+
+def _launch_finished(sweep_dir: Path, result: "LaunchResult") -> bool:
+    """Say what the slurm launcher did; True when every task is done (the report can be rendered)."""
+    from .launch import JobsUnfinishedError, unfinished_message
+
+    if result.unfinished:
+        raise JobsUnfinishedError(unfinished_message(result))
+    if not result.waited and (result.submitted or result.kept):
+        info(f"{len(result.submitted)} job(s) submitted, {len(result.kept)} still queued or running; "
+             f"follow them with `maskcheck sweep-status {sweep_dir}`; rerun this command once they are done to report.")
+        return False
+    return True
 
 
 @app.command("select-temperature")
@@ -237,8 +290,16 @@ def audit_cmd(
     threat: Optional[str] = typer.Option(None, "--threat", help="rb: models: RobustBench threat model, Linf or L2 (sets the leaderboard's eps and norm)."),
     rb_model_dir: Optional[Path] = typer.Option(None, "--rb-model-dir", help="rb: models: RobustBench's model folder (default ./models, as RobustBench)."),
     download: bool = typer.Option(False, "--download", help="rb: models: download a missing checkpoint."),
+    launcher: str = typer.Option("local", "--launcher", help="A sweep folder as MODEL: " + LAUNCHER_HELP),
+    slurm: list[str] = typer.Option([], "--slurm", help=SLURM_HELP),
+    slurm_config: Optional[Path] = typer.Option(None, "--slurm-config", help=SLURM_CONFIG_HELP),
+    wait: bool = typer.Option(False, "--wait/--no-wait", help=WAIT_HELP),
 ) -> None:
-    """Run the gradient-masking checks on a model (or rb:<RobustBench name>) and write the audit JSON."""
+    """Run the gradient-masking checks on a model (or rb:<RobustBench name>) and write the audit JSON.
+
+    MODEL may also be a sweep folder (train-sweep --out): every model of the sweep is audited into
+    RUN/audit.json (those whose audit.json has the settings asked for are kept), on this machine or
+    with --launcher slurm as one Slurm job each."""
     from .api import audit as run_api_audit
     from .auditing import default_out, resolve_checks, run_threat
     from .checkpoint import load_model
@@ -257,6 +318,15 @@ def audit_cmd(
             raise MaskcheckError(f"{flag} must be a positive finite number; got {value}.")
     if fail_on not in (None, "masked", "warn", "attack-sensitive"):
         raise MaskcheckError(f"--fail-on must be masked or warn (= attack-sensitive); got {fail_on!r}.")
+    slurm_cfg = _launcher_config(launcher, slurm, slurm_config, wait)
+    if (model / "sweep.json").is_file():
+        _audit_sweep_folder(model, slurm_cfg, n=n, seed=seed, square_queries=square_queries, device=device, data_dir=data_dir,
+                            quiet=quiet, wait=wait, ignored={"--checks": checks, "--out": out, "--fail-on": fail_on or (fail_on_flag or None),
+                                                  "--eot": eot, "--data": data, "--normalize": normalize, "--threat": threat})
+        return
+    if slurm_cfg is not None:
+        raise MaskcheckError(f"--launcher slurm audits a sweep folder (with sweep.json); {model} is not one. "
+                             "Audit a single model with the default --launcher local.")
     names = resolve_checks(checks)
     out_path = out or default_out(model)
     check_out_path(out_path, "--out")  # before the audit, which may take hours
@@ -298,6 +368,33 @@ def audit_cmd(
         raise typer.Exit(1)
 
 
+def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: int, seed: int, square_queries: int, device: str,
+                        data_dir: Optional[Path], quiet: bool, wait: bool, ignored: dict) -> None:
+    """`maskcheck audit SWEEP`: the sweep's own audit stage, locally or as Slurm jobs."""
+    given = [flag for flag, value in ignored.items() if value is not None]
+    if given:
+        raise MaskcheckError(f"{', '.join(given)} apply to a single model, not to a sweep folder; drop them "
+                             "(a sweep's audits run every check and write RUN/audit.json).")
+    from .sweep import hold_sweep_lock
+
+    audit_args = dict(n=n, seed=seed, square_queries=square_queries)
+    if slurm_cfg is None:
+        from .launch import refuse_live_jobs
+        from .sweep import audit_sweep
+
+        hold_sweep_lock(sweep_dir)
+        refuse_live_jobs(sweep_dir)
+        paths = audit_sweep(sweep_dir, device=device, data_dir=data_dir, progress=not quiet, log=info, **audit_args)
+        typer.echo(f"{len(paths)} audit(s) current in {sweep_dir}; render them with `maskcheck report {sweep_dir}`")
+        return
+    from .launch import slurm_audit
+
+    result = slurm_audit(sweep_dir, config=slurm_cfg, wait=wait, jobs=1, device=device, data_dir=data_dir,
+                         audit_args=audit_args, log=info)
+    if _launch_finished(sweep_dir, result):
+        typer.echo(f"every audit of {sweep_dir} is current; render them with `maskcheck report {sweep_dir}`")
+
+
 def _wrap_normalization(loaded: "LoadedModel", text: str) -> None:
     """--normalize: put the model behind (x - mean) / std so the audit feeds it pixels in [0, 1]."""
     from .data import normalized, parse_normalize
@@ -307,6 +404,24 @@ def _wrap_normalization(loaded: "LoadedModel", text: str) -> None:
     mean, std = parse_normalize(text, loaded.info.input_shape[0])
     loaded.model = normalized(loaded.model, mean, std)  # no .eval(): a torch.export module refuses it; the audit sets it
     loaded.extra["normalize"] = {"mean": list(mean), "std": list(std)}
+
+
+@app.command("sweep-status")
+def sweep_status_cmd(
+    sweep: Path = typer.Argument(..., help="A sweep folder (train-sweep --out)."),
+    tail: int = typer.Option(10, "--tail", help="Lines of each failed job's log to show."),
+) -> None:
+    """A table of the sweep's tasks (training, temperature search, audits): done, queued, running, failed, with log tails.
+
+    Works for both launchers: Slurm jobs are looked up by the ids in sweep.json; local runs by their
+    folders (a run with last.ckpt and no run.json is interrupted, or running while a maskcheck
+    process holds the sweep). Exit 0 whenever the table is printed, whatever the jobs' states."""
+    from .launch import format_status, sweep_status
+
+    if tail < 0:
+        raise MaskcheckError(f"--tail must be a number of lines >= 0; got {tail}.")
+    rows, header = sweep_status(sweep)
+    typer.echo(format_status(sweep, rows, header, tail))
 
 
 # =========================================================================== report

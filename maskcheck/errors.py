@@ -14,6 +14,7 @@ EXIT_OK = 0  # no check flagged (or no regression)
 EXIT_FLAGGED = 1  # masking flagged (with --fail-on-flag) or a regression against a baseline
 EXIT_USAGE = 2  # usage or input error, a refused file, a limit hit
 EXIT_INTERNAL = 3  # an unexpected exception: a bug in maskcheck (traceback in a log file)
+EXIT_JOBS_UNFINISHED = 4  # --launcher slurm --wait: cluster jobs ended without their result (launch.JobsUnfinishedError)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 

@@ -211,13 +211,16 @@ def _check_compatible(old: dict[str, Any], new: dict[str, Any], path: Path) -> N
                              "use another --out or the original settings.")
 
 
-def remove_stale_temp_files(folder: Path) -> list[Path]:
+def remove_stale_temp_files(folder: Path, keep: Iterable[Path] = ()) -> list[Path]:
     """Delete `.NAME.*.tmp` files that a killed process left behind (fileio.atomic_write's pattern).
 
     They are never read (the real file is only replaced once the temp file is complete), so
-    removing them on the next start loses nothing.
+    removing them on the next start loses nothing. Folders in `keep` (and below) are left alone:
+    a Slurm job still running there may be writing.
     """
+    keep = [Path(k).resolve() for k in keep]
     stale = [p for p in folder.rglob(".*.tmp") if p.is_file()] if folder.is_dir() else []
+    stale = [p for p in stale if not any(p.resolve().is_relative_to(k) for k in keep)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -395,14 +398,15 @@ def _train_task(task: _TrainTask, device: str) -> dict[str, Any]:
 
 
 def execute_job(job: Job, sweep_dir: str, dataset: str, seed: int, settings: dict[str, Any], device: str,
-                data_dir: str | None, progress: bool, compile: bool = False) -> dict[str, Any]:
+                data_dir: str | None, progress: bool, compile: bool = False,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one job (top-level so a spawned worker can run it); returns its run.json record."""
     run_dir = Path(sweep_dir) / job.run_dir
     cfg = make_config(job.method, dataset, name=job.name, temperature=job.temperature,
                       seed=seed if job.seed is None else job.seed, **{**settings, **dict(job.overrides)})
     teacher_dir = Path(sweep_dir) / _teacher_dir(job) if job.teacher else None
     return train_run(cfg, run_dir, device=device, teacher_dir=teacher_dir, data_dir=data_dir, progress=progress,
-                     compile=compile)
+                     compile=compile, log=log)
 
 
 def _teacher_dir(job: Job) -> str:
@@ -488,42 +492,13 @@ def run_sweep(
     the first seed's teacher, reusing the sweep's own ltd runs as the step-2 probes; the result is
     `selected_temperature` in sweep.json.
     """
-    out = Path(out)
-    # JSON round trip: the manifest stores settings as JSON, so compare them in that form on rerun
-    settings = json.loads(json.dumps({k: v for k, v in (settings or {}).items() if v is not None}))
-    methods = list(dict.fromkeys(methods))
-    arms = list(arms)
     if jobs < 1:
         raise InputError(f"--jobs must be a positive number of worker processes; got {jobs}.")
-    if select and "ltd" not in methods:
-        raise InputError("--select-temperature searches LTD's teacher temperature; add ltd to --methods.")
-    teacher = teacher_settings(teacher_acc, teacher_epochs)
-    if seeds is not None:
-        seeds = list(seeds)
-        seed = seeds[0]
-    hold_sweep_lock(out)  # before anything touches the folder (stale temp files are removed below)
-    plan = plan_jobs(temps, methods, seeds=seeds, arms=arms, teacher=teacher)
-    options = {"seeds": seeds, "teacher": teacher, "arms": [f"{a.method}{'' if a.temperature is None else f'-T{format_temperature(a.temperature)}'}-{a.variant}" for a in arms],
-               "select_temperature": select}
-    manifest = _manifest(plan, dataset, list(temps), methods, seed, settings, device, options)
-    path = out / SWEEP_FILE
-    if path.is_file():
-        old = read_json(path, "sweep manifest")
-        _check_compatible(old, manifest, path)
-        known = {j["name"] for j in manifest["jobs"]}
-        manifest["jobs"] = [j for j in old.get("jobs", []) if j["name"] not in known] + manifest["jobs"]
-        for key in ("teachers", "selected_temperature"):
-            if key in old:
-                manifest[key] = old[key]
-    remove_stale_temp_files(out)
-    atomic_write_json(path, manifest)
-    log(f"estimated cost: {estimate_cost(plan, dataset, settings)}")
-    todo = [j for j in plan if not checkpoint.is_complete_run(out / j.run_dir)]
-    for j in plan:
-        if j not in todo:
-            # a kill between save_run and the checkpoint's removal leaves a stale resume file
-            (out / j.run_dir / LAST_CKPT).unlink(missing_ok=True)
-            log(f"{j.name}: finished, skipped")
+    out = Path(out)
+    prepared = prepare_sweep(out, temps=temps, methods=methods, dataset=dataset, seed=seed, device=device, settings=settings,
+                             log=log, seeds=seeds, arms=arms, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs, select=select)
+    manifest, plan, todo, path, settings = prepared.manifest, prepared.plan, prepared.todo, prepared.path, prepared.settings
+    seed = prepared.seed
     plan_ = plan_workers(jobs, sweep_devices(device), len(todo), os.cpu_count() or 1)
     if todo:
         log(f"training: {plan_.describe()}")
@@ -541,6 +516,77 @@ def run_sweep(
         manifest["selected_temperature"] = select_sweep_temperature(out, plan, dataset, settings, device, data_dir, log)
     atomic_write_json(path, manifest)
     return manifest
+
+
+@dataclass
+class PreparedSweep:
+    """What `prepare_sweep` decided: the manifest (written), the plan, the unfinished jobs, the settings as stored."""
+
+    manifest: dict[str, Any]
+    plan: list[Job]
+    todo: list[Job]
+    path: Path
+    settings: dict[str, Any]
+    seed: int
+
+
+def prepare_sweep(
+    out: Path,
+    *,
+    temps: list[float],
+    methods: Iterable[str],
+    dataset: str,
+    seed: int,
+    device: str,
+    settings: dict[str, Any] | None,
+    log: Callable[[str], None],
+    seeds: list[int] | None,
+    arms: Iterable[Arm],
+    teacher_acc: float | None,
+    teacher_epochs: int | None,
+    select: bool,
+    keep_temp_in: Iterable[Path] = (),
+) -> PreparedSweep:
+    """Lock the folder, plan, merge with and write SWEEP/sweep.json; the jobs still to train (any launcher).
+
+    `keep_temp_in`: folders where a cluster job may be writing right now (launch.py), whose temp
+    files are not stale.
+    """
+    out = Path(out)
+    # JSON round trip: the manifest stores settings as JSON, so compare them in that form on rerun
+    settings = json.loads(json.dumps({k: v for k, v in (settings or {}).items() if v is not None}))
+    methods = list(dict.fromkeys(methods))
+    arms = list(arms)
+    if select and "ltd" not in methods:
+        raise InputError("--select-temperature searches LTD's teacher temperature; add ltd to --methods.")
+    teacher = teacher_settings(teacher_acc, teacher_epochs)
+    if seeds is not None:
+        seeds = list(seeds)
+        seed = seeds[0]
+    hold_sweep_lock(out)  # before anything touches the folder (stale temp files are removed below)
+    plan = plan_jobs(temps, methods, seeds=seeds, arms=arms, teacher=teacher)
+    options = {"seeds": seeds, "teacher": teacher, "arms": [f"{a.method}{'' if a.temperature is None else f'-T{format_temperature(a.temperature)}'}-{a.variant}" for a in arms],
+               "select_temperature": select}
+    manifest = _manifest(plan, dataset, list(temps), methods, seed, settings, device, options)
+    path = out / SWEEP_FILE
+    if path.is_file():
+        old = read_json(path, "sweep manifest")
+        _check_compatible(old, manifest, path)
+        known = {j["name"] for j in manifest["jobs"]}
+        manifest["jobs"] = [j for j in old.get("jobs", []) if j["name"] not in known] + manifest["jobs"]
+        for key in ("teachers", "selected_temperature", "launcher"):
+            if key in old:
+                manifest[key] = old[key]
+    remove_stale_temp_files(out, keep=keep_temp_in)
+    atomic_write_json(path, manifest)
+    log(f"estimated cost: {estimate_cost(plan, dataset, settings)}")
+    todo = [j for j in plan if not checkpoint.is_complete_run(out / j.run_dir)]
+    for j in plan:
+        if j not in todo:
+            # a kill between save_run and the checkpoint's removal leaves a stale resume file
+            (out / j.run_dir / LAST_CKPT).unlink(missing_ok=True)
+            log(f"{j.name}: finished, skipped")
+    return PreparedSweep(manifest, plan, todo, path, settings, seed)
 
 
 TEACHER_EPOCH_CAP = 40  # ours: digits and MNIST natural teachers reach 99.5% training accuracy well before
@@ -703,6 +749,35 @@ def audit_sweep(
     are skipped unless `include_teachers`. `autoattack_standard=False` skips FAB-T, which only the
     AutoAttack-standard figure uses (about a third of a robust model's audit on CPU; no check needs it).
     """
+    todo, done = plan_audits(sweep_dir, n=n, seed=seed, square_queries=square_queries, data_dir=data_dir, progress=progress,
+                             include_teachers=include_teachers, autoattack_standard=autoattack_standard, log=log)
+    plan = plan_workers(jobs, sweep_devices(device), len(todo), os.cpu_count() or 1)
+    if todo:
+        log(f"audit: {plan.describe()}")
+    if plan.workers > 1:
+        todo = [_AuditTask(**{**asdict(t), "progress": False}) for t in todo]
+    run_pool(todo, _audit_task, plan, name=lambda t: t.name, on_done=lambda t, verdict: log(f"audit: {t.name}: {verdict}"))
+    return done + [Path(t.run_dir) / "audit.json" for t in todo]
+
+
+def plan_audits(
+    sweep_dir: str | Path,
+    *,
+    n: int,
+    seed: int,
+    square_queries: int,
+    data_dir: str | Path | None,
+    progress: bool,
+    include_teachers: bool = False,
+    include_untrained: bool = False,
+    autoattack_standard: bool = True,
+    log: Callable[[str], None] = lambda msg: None,
+) -> tuple[list[_AuditTask], list[Path]]:
+    """The audits `audit_sweep` would run (and the audit.json files that are current), for any launcher.
+
+    `include_untrained`: also plan audits of runs not trained yet (a cluster launcher submits them
+    to start after their training job); otherwise those are skipped with a log line.
+    """
     from .checkpoint import RUN_FILE, is_complete_run
 
     sweep_dir = Path(sweep_dir)
@@ -723,7 +798,11 @@ def audit_sweep(
         if job["name"].startswith("dd-teacher") and not include_teachers:
             continue
         if not is_complete_run(run_dir):
-            log(f"audit: {job['name']} is not trained yet; skipped")
+            if include_untrained:
+                todo.append(_AuditTask(job["name"], str(run_dir), n, seed, square_queries, str(data_dir) if data_dir else None,
+                                       progress, label=job["run_dir"], autoattack_standard=autoattack_standard))
+            else:
+                log(f"audit: {job['name']} is not trained yet; skipped")
             continue
         if out.is_file():
             run = read_json(run_dir / RUN_FILE, "run record")
@@ -738,10 +817,4 @@ def audit_sweep(
             log(f"audit: {job['name']}: settings changed ({why}); auditing again")
         todo.append(_AuditTask(job["name"], str(run_dir), n, seed, square_queries, str(data_dir) if data_dir else None, progress,
                                label=job["run_dir"], autoattack_standard=autoattack_standard))
-    plan = plan_workers(jobs, sweep_devices(device), len(todo), os.cpu_count() or 1)
-    if todo:
-        log(f"audit: {plan.describe()}")
-    if plan.workers > 1:
-        todo = [_AuditTask(**{**asdict(t), "progress": False}) for t in todo]
-    run_pool(todo, _audit_task, plan, name=lambda t: t.name, on_done=lambda t, verdict: log(f"audit: {t.name}: {verdict}"))
-    return done + [Path(t.run_dir) / "audit.json" for t in todo]
+    return todo, done
