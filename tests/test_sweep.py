@@ -235,3 +235,16 @@ def test_audit_sweep_reaudits_on_changed_settings_not_on_file_times(tmp_path: Pa
     assert sum("autoattack standard True -> False" in m for m in log) == 2
     assert all(json.loads(p.read_text())["config"]["autoattack_standard"] is False for p in audits.values())
     assert all("autoattack-standard" not in json.loads(p.read_text())["robust_acc"] for p in audits.values())
+
+
+def test_a_converged_teacher_trains_at_constant_lr() -> None:
+    """The dataset's lr schedule decays at a fixed epoch (MNIST after 4): a teacher trained until it
+    reaches its target must not have its lr cut by it (an MNIST teacher stalled at 81% that way)."""
+    from maskcheck.sweep import teacher_settings
+    from maskcheck.training import lr_at, make_config
+
+    overrides = teacher_settings(0.995, 30)
+    cfg = make_config("natural", "mnist", **overrides)
+    assert cfg.stop_train_acc == 0.995 and cfg.epochs == 30
+    assert lr_at(cfg, 29) == lr_at(cfg, 0) == cfg.lr
+    assert lr_at(make_config("natural", "mnist"), 4) < make_config("natural", "mnist").lr  # the plain run keeps its schedule
