@@ -179,3 +179,13 @@ def test_a_dead_network_is_degenerate_not_masked() -> None:
     assert result.check("gradient-health").severity is Severity.SKIPPED
     assert result.check("unbounded-attack").severity is Severity.SKIPPED
     assert result.robust_acc["worst-case"] == pytest.approx(result.clean_acc)
+
+
+@pytest.mark.parametrize("incomplete, rising, n, warns", [
+    (1 / 3, 1, 359, False),   # a natural model: 1 of 3 standing points still rising
+    (0.5, 2, 359, False),     # dd at low T: 2 of 4
+    (0.13, 23, 359, True),    # a robust model: 23 of 180 standing points (6% of n)
+    (0.05, 10, 359, False),   # below IoAF's fraction
+])
+def test_attack_convergence_warns_only_on_enough_rising_points(incomplete, rising, n, warns) -> None:
+    assert make_check("attack-convergence").warns(incomplete, rising, n) is warns

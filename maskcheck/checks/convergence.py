@@ -33,13 +33,17 @@ class AttackConvergence(Check):
     together (CE or margin loss): the reported number would move with more steps.
 
     Also reports IoAF's incomplete-optimisation fraction over the standing points (a warning when
-    above `warn_incomplete`) and the loss curves (mean, 10/50/90% quantiles). Reference: Carlini
-    et al. 2019 (doubling test); Pintor et al. 2022, IoAF indicators.py (last 10 steps, 0.05).
+    above `warn_incomplete` and the rising points are at least `warn_min_share` of all audited
+    points: one of three points left standing on a natural model is not a finding) and the loss
+    curves (mean, 10/50/90% quantiles). Reference: Carlini et al. 2019 (doubling test); Pintor et
+    al. 2022, IoAF indicators.py (last 10 steps, 0.05); `warn_min_share` is ours (the digits
+    sweep's natural and low-T dd models were graded attack-sensitive on 1-2 rising points).
     """
 
     last_steps: int = 10
     tol: float = 0.05
     warn_incomplete: float = 0.1
+    warn_min_share: float = 0.01
     null_rate: float = 0.002
     min_gap: float = 0.02
     alpha: float = 0.01
@@ -60,6 +64,10 @@ class AttackConvergence(Check):
     def needs(self, cfg, bat):
         return tuple(s for _, run, doubled in self._pairs(bat) for s in (run, doubled))
 
+    def warns(self, incomplete: float, rising: int, n: int) -> bool:
+        """Loss curves still climbing on enough standing points to matter for the reported number."""
+        return incomplete > self.warn_incomplete and rising >= self.warn_min_share * n
+
     def evaluate(self, ctx) -> CheckResult:
         ev: dict = {}
         curves: dict[str, list[float]] = {}
@@ -72,7 +80,7 @@ class AttackConvergence(Check):
             standing = run.correct[run.attacked]  # history covers the attacked (clean-correct) points
             inc = incomplete_fraction(hist, standing, self.last_steps, self.tol) if hist is not None else 0.0
             ev.update({f"doubling_extra_breaks_{loss}": e.count, f"doubling_p_value_{loss}": e.p_value,
-                       f"incomplete_fraction_{loss}": inc})
+                       f"incomplete_fraction_{loss}": inc, f"rising_points_{loss}": round(inc * int(standing.sum()))})
             if hist is not None and hist.shape[1]:
                 curves.update(quantile_curves(hist, loss))
             if worst is None or e.gap > worst[1].gap:
@@ -86,7 +94,8 @@ class AttackConvergence(Check):
                 f"doubling the PGD-{loss} steps breaks {e.count} more points ({pp(e.gap)}, p={e.p_value:.2g}): "
                 f"the attack has not converged; {self.remedy}."))
         inc = max(ev["incomplete_fraction_ce"], ev["incomplete_fraction_margin"])
-        if inc > self.warn_incomplete:
+        rising = max(ev["rising_points_ce"], ev["rising_points_margin"])
+        if self.warns(inc, rising, ctx.n):
             return self.result(ctx, severity=Severity.WARN, evidence=ev, plots=[plot], mechanism="attack not converged", summary=(
                 f"the loss still rises at the end for {100 * inc:.0f}% of standing points; more steps may help."))
         return self.result(ctx, severity=Severity.OK, evidence=ev, plots=[plot], summary=(
