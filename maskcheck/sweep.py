@@ -204,9 +204,14 @@ def _manifest(jobs: list[Job], dataset: str, temps: list[float], methods: list[s
 
 
 def _check_compatible(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
-    """A sweep folder holds one experiment: refuse a rerun with other data, model, seed or settings."""
+    """A sweep folder holds one experiment: refuse a rerun with other data, model, seed or settings.
+
+    `old` comes from sweep.json, so values are compared as JSON (a tuple of milestones is a list there)."""
+    def as_json(value: Any) -> Any:
+        return json.loads(json.dumps(value))
+
     for key in ("dataset", "arch", "seed", "eps", "norm", "settings", "seeds", "teacher"):
-        if old.get(key) != new.get(key):
+        if as_json(old.get(key)) != as_json(new.get(key)):
             raise InputError(f"{path} was planned with {key}={old.get(key)!r}, not {new.get(key)!r}; "
                              "use another --out or the original settings.")
 

@@ -248,3 +248,14 @@ def test_a_converged_teacher_trains_at_constant_lr() -> None:
     assert cfg.stop_train_acc == 0.995 and cfg.epochs == 30
     assert lr_at(cfg, 29) == lr_at(cfg, 0) == cfg.lr
     assert lr_at(make_config("natural", "mnist"), 4) < make_config("natural", "mnist").lr  # the plain run keeps its schedule
+
+
+def test_a_rerun_with_a_converged_teacher_is_compatible_with_its_own_manifest(tmp_path: Path) -> None:
+    """sweep.json stores the teacher's milestones as a list; the rerun plans them as a tuple: same sweep."""
+    from maskcheck.sweep import _check_compatible, teacher_settings
+
+    new = {"dataset": "mnist", "teacher": teacher_settings(0.995, 30), "settings": {"milestones": (80, 100)}}
+    old = json.loads(json.dumps(new))
+    _check_compatible(old, new, tmp_path / "sweep.json")
+    with pytest.raises(InputError, match="teacher"):
+        _check_compatible({**old, "teacher": teacher_settings(0.99, 30)}, new, tmp_path / "sweep.json")
