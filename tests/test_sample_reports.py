@@ -68,13 +68,7 @@ def test_committed_reports_hold_no_absolute_paths(name: str) -> None:
     assert not hits, f"committed files name a machine's folders (regenerate with the current maskcheck): {hits[:3]}"
 
 
-# Issue 17 (open): the committed samples predate converged teachers and seeds. The digits sweep with
-# both was trained (experiments/digits-sweep) but not yet audited in full; strict xfail, so these
-# turn into failures, and the markers must go, once reports/ is regenerated.
-PENDING_17 = pytest.mark.xfail(strict=True, reason="issue 17: committed reports not yet regenerated")
-
-
-@PENDING_17
+# Issue 17: the committed samples come from converged teachers, and digits from three seeds.
 @pytest.mark.parametrize("name", SWEEPS)
 def test_committed_sweeps_use_converged_teachers(name: str) -> None:
     sweeps = _inputs(name).sweeps
@@ -84,6 +78,5 @@ def test_committed_sweeps_use_converged_teachers(name: str) -> None:
         assert facts["converged"] and facts["train_acc"] >= facts["target"], f"{name}: {teacher} did not converge: {facts}"
 
 
-@PENDING_17
 def test_digits_sample_has_three_seeds() -> None:
     assert (seed_summary(_matrix("digits"))["seeds"] >= 3).all()
