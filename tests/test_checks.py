@@ -181,6 +181,22 @@ def test_a_dead_network_is_degenerate_not_masked() -> None:
     assert result.robust_acc["worst-case"] == pytest.approx(result.clean_acc)
 
 
+def test_a_collapsed_network_predicting_one_class_is_not_masked() -> None:
+    """MNIST PGD-AT at seeds 1-2 of the calibration suite: one class wins on every input by a tiny
+    margin (gradients non-zero), so even an unbounded attack cannot break its correct points. That
+    is a collapsed model at chance, not masking; a healthy model stays checked as before."""
+    class Collapsed(torch.nn.Module):
+        def forward(self, x):
+            z = 1e-3 * torch.tanh(x.flatten(1)[:, :10])  # input-dependent, never large enough to flip the argmax
+            return z + torch.nn.functional.one_hot(torch.tensor(3), 10).float()
+
+    result = run_audit(Collapsed(), digits(), eps=0.3, **FAST)
+    assert result.verdict.grade != "masked", result.verdict.text
+    assert "degenerate model" in result.verdict.text
+    assert result.check("unbounded-attack").severity is Severity.SKIPPED
+    assert result.check("gradient-health").severity is Severity.SKIPPED
+
+
 @pytest.mark.parametrize("incomplete, rising, n, warns", [
     (1 / 3, 1, 359, False),   # a natural model: 1 of 3 standing points still rising
     (0.5, 2, 359, False),     # dd at low T: 2 of 4

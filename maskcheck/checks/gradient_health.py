@@ -22,8 +22,8 @@ class GradientHealth(Check):
     gradient is blocked (a non-differentiable step such as rounding, or a layer that zeroes it).
     Reference: AutoAttack checks.check_zero_gradients (exact 0 of ||g||_1); ART
     loss_gradient_check; IoAF "unavailable gradients"; thresholds from diagnostics.md row 3.
-    Skipped on a model whose output is the same for every point (a constant function has zero
-    gradients honestly).
+    Skipped on a model that predicts one class for every point (a dead network has zero gradients
+    honestly).
     """
 
     fail_fraction: float = 0.01
@@ -39,8 +39,8 @@ class GradientHealth(Check):
                 "the model output has no gradient path to the input (detached or non-differentiable preprocessing): "
                 "gradient attacks cannot run; use BPDA."))
         if ctx.constant_output:
-            return self.skipped(ctx, "the model's output is the same for every audited point (a constant function, e.g. a "
-                                     "collapsed network): its input gradients are zero because it does not depend on its input, not masking")
+            return self.skipped(ctx, "the model predicts one class for every audited point (a collapsed network, "
+                                     "accuracy = that class's share): its input gradients are zero because it does not depend on its input, not masking")
         gen = ctx.gen(self.name)
         norms: dict[str, torch.Tensor] = {}
         with ctx.timed("gradients"):

@@ -21,8 +21,9 @@ class UnboundedAttack(Check):
     stubborn point out of 1,000 does not fail a model. Why: any classifier can be fooled by
     replacing the image; failure means the attack cannot follow the gradients. Reference:
     Athalye et al. 2018 rule 3; Carlini et al. 2019; IoAF "unconstrained attack failure";
-    AutoAttack's 0.2 pp tolerance (checks.check_square_sr). Skipped on a model whose output is the
-    same for every point (a constant function cannot be fooled; that is not masking).
+    AutoAttack's 0.2 pp tolerance (checks.check_square_sr). Skipped on a model that predicts one class
+    for every point (a collapsed network: where that class wins everywhere nothing can fool it, and
+    there is no robustness claim to be illusory).
     """
 
     null_rate: float = 0.002
@@ -53,8 +54,8 @@ class UnboundedAttack(Check):
                                evidence={"correct_points": n_correct, "unbroken": n_correct, "unbroken_fraction": 1.0},
                                summary="no gradient reaches the input, so no unbounded gradient attack can run: use BPDA.")
         if ctx.constant_output:
-            return self.skipped(ctx, "the model's output is the same for every audited point (a constant function, e.g. a "
-                                     "collapsed network): no attack can change it, so unbroken points are not masking")
+            return self.skipped(ctx, "the model predicts one class for every audited point (a collapsed network, "
+                                     "accuracy = that class's share): no attack can change it, so unbroken points are not masking")
         pgd, fmn = self._specs(ctx.x[0].numel(), ctx.norm)
         after_pgd, after_fmn = ctx.correct(pgd), ctx.correct(fmn)
         unbroken = int(after_fmn.sum())
