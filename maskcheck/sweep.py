@@ -699,7 +699,8 @@ def audit_settings_differ(audit: dict[str, Any], threat: dict[str, Any], n: int,
     if config.get("autoattack_standard", True) != autoattack_standard:
         return f"autoattack standard {config.get('autoattack_standard', True)} -> {autoattack_standard}"
     stored_n = audit.get("n")
-    if config.get("n") is not None and config["n"] != n:
+    whole_split = isinstance(stored_n, int) and min(n, config.get("n") or n) >= stored_n == heldout_size()
+    if config.get("n") is not None and config["n"] != n and not whole_split:  # both asks capped to the same split: same audit
         return f"n {config['n']} -> {n}"
     if stored_n != n and not (isinstance(stored_n, int) and stored_n < n and stored_n == heldout_size()):
         return f"n {stored_n} -> {n}"

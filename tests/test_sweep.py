@@ -186,7 +186,7 @@ def test_pool_reports_tasks_that_wait_forever() -> None:
 
 # ------------------------------------------------------- re-audit on settings (issue 15)
 
-SAMPLE_AUDIT = REPO / "reports" / "digits" / "data" / "runs" / "natural" / "audit.json"
+SAMPLE_AUDIT = REPO / "reports" / "digits" / "data" / "runs" / "s0" / "natural" / "audit.json"
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -194,15 +194,17 @@ SAMPLE_AUDIT = REPO / "reports" / "digits" / "data" / "runs" / "natural" / "audi
     ({"n": 1000}, None),          # asked for more than the split holds: the stored audit used all of it
     ({"n": 200}, "n 359 -> 200"),
     ({"seed": 1}, "seed 0 -> 1"),
-    ({"square_queries": 100}, "square queries 5000 -> 100"),
+    ({"square_queries": 100}, "square queries 1000 -> 100"),  # the sample was audited with Square at 1000
     ({"eps": 0.1}, "eps"),
     ({"norm": "l2"}, "norm"),
 ])
 def test_stored_audit_is_redone_only_when_its_settings_differ(change: dict, reason: str | None) -> None:
     audit = json.loads(SAMPLE_AUDIT.read_text())
-    asked = {"n": audit["n"], "seed": 0, "square_queries": 5000, "eps": audit["threat"]["eps"], "norm": "linf", **change}
+    asked = {"n": audit["n"], "seed": 0, "square_queries": audit["config"]["square_queries"], "eps": audit["threat"]["eps"],
+             "norm": "linf", **change}
     why = audit_settings_differ(audit, {"eps": asked["eps"], "norm": asked["norm"]}, asked["n"], asked["seed"],
-                                asked["square_queries"], heldout_size=lambda: audit["n"])
+                                asked["square_queries"], heldout_size=lambda: audit["n"],
+                                autoattack_standard=audit["config"]["autoattack_standard"])
     assert why == reason if reason is None else reason in why
 
 
@@ -211,7 +213,7 @@ def test_an_audit_config_object_takes_precedence() -> None:
     audit["config"] = {"n": 1000, "seed": 0, "square_queries": 300}
     same = audit_settings_differ(audit, audit["threat"], 1000, 0, 300, heldout_size=lambda: 359)
     assert same is None
-    assert "n 1000 -> 359" in audit_settings_differ(audit, audit["threat"], 359, 0, 300, heldout_size=lambda: 359)
+    assert "n 1000 -> 200" in audit_settings_differ(audit, audit["threat"], 200, 0, 300, heldout_size=lambda: 359)
 
 
 def test_audit_sweep_reaudits_on_changed_settings_not_on_file_times(tmp_path: Path) -> None:
