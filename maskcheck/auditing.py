@@ -113,7 +113,7 @@ class AuditContext:
                 "randomized": len(set(correct)) > 1 or diff > 1e-4, "first_output": outs[0]}
 
     @cached_property
-    def constant_output(self) -> bool:
+    def predicts_one_class(self) -> bool:
         """True when the model predicts the same class for every audited point although the points
         hold several classes: a collapsed or dead network (the calibration suite's PGD-AT seeds on
         digits and MNIST). Its accuracy is that class's share, and an attack cannot lower it where
@@ -406,7 +406,7 @@ def run_audit(
     if ctx.eot > 1:
         why = "the model is randomised" if ctx.randomness["randomized"] else "as asked"
         notes = (f"EOT over {ctx.eot} draws ({why}); correctness by majority over the draws",)
-    if ctx.constant_output:
+    if ctx.predicts_one_class:
         notes += (f"degenerate model: it predicts one class for all {ctx.n} points (a collapsed network); nothing to mask, "
                   "its accuracy is that class's share",)
     return AuditResult(

@@ -48,6 +48,8 @@ class Check:
     # True: the check reads gradient attacks and is skipped, with one reason, when the input has no
     # gradient path (gradient-health reports that case itself)
     needs_gradients: ClassVar[bool] = False
+    # Checks whose findings a one-class (collapsed) model fakes: zero gradients, unbreakable points.
+    skips_one_class_models: ClassVar[bool] = False
 
     def needs(self, cfg: "AuditConfig", bat: "Battery") -> tuple["AttackSpec", ...]:
         """The attack runs this check reads (the audit runs their union once, before any check)."""
@@ -61,6 +63,9 @@ class Check:
         """What the audit calls: `evaluate`, or a skip when the check needs gradients the model lacks."""
         if self.needs_gradients and not ctx.grad_ok:
             return self.skipped(ctx, "no gradient path to the input (see gradient-health)")
+        if self.skips_one_class_models and ctx.grad_ok and ctx.predicts_one_class:
+            return self.skipped(ctx, "the model predicts one class for every audited point (a collapsed network, accuracy = "
+                                     "that class's share): its zero gradients and unbroken points are not masking")
         return self.evaluate(ctx)
 
     @classmethod

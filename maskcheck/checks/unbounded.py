@@ -34,6 +34,7 @@ class UnboundedAttack(Check):
 
     name = "unbounded-attack"
     mechanism = "vanishing gradients"
+    skips_one_class_models = True
     remedy = "use BPDA for non-differentiable steps or a margin loss; check the attack follows the gradient"
 
     def _specs(self, x_numel: int, norm: str):
@@ -53,9 +54,6 @@ class UnboundedAttack(Check):
             return self.result(ctx, severity=Severity.FAIL, mechanism="gradients unavailable",
                                evidence={"correct_points": n_correct, "unbroken": n_correct, "unbroken_fraction": 1.0},
                                summary="no gradient reaches the input, so no unbounded gradient attack can run: use BPDA.")
-        if ctx.constant_output:
-            return self.skipped(ctx, "the model predicts one class for every audited point (a collapsed network, "
-                                     "accuracy = that class's share): no attack can change it, so unbroken points are not masking")
         pgd, fmn = self._specs(ctx.x[0].numel(), ctx.norm)
         after_pgd, after_fmn = ctx.correct(pgd), ctx.correct(fmn)
         unbroken = int(after_fmn.sum())
