@@ -21,6 +21,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / ".ci" / "slurm-cluster.sh"
 pytestmark = pytest.mark.slow
+# Enough epochs that the cancelled job cannot finish the rest of its training in the KillWait (2 s)
+# between scancel's SIGTERM (which submitit's jobs ignore) and its SIGKILL: with 6, a fast CI machine
+# trained the last 5 epochs of 320 digits in that window and the job ended as if never cancelled.
+EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def slurm_cluster() -> None:
 
 
 def _sweep(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "maskcheck", "train-sweep", "--temps", "1,2", "--methods", "ltd", "--epochs", "6",
+    return [sys.executable, "-m", "maskcheck", "train-sweep", "--temps", "1,2", "--methods", "ltd", "--epochs", str(EPOCHS),
             "--max-train", "320", "--attack-steps", "2", "--audit-n", "10", "--square-queries", "20", "--device", "cpu",
             "--out", str(out), "--no-progress", "--launcher", "slurm", "--slurm", "gpus=0", "--slurm", "cpus=1",
             "--slurm", "time=10", *extra]
