@@ -35,6 +35,8 @@ DATA_DIR_HELP = "Folder holding downloaded datasets (default: $MASKCHECK_DATA_DI
 LAUNCHER_HELP = "local: this machine's worker pool (--jobs); slurm: one Slurm job per run and per audit (README, 'On a Slurm cluster')."
 SLURM_HELP = "Slurm setting KEY=VALUE, repeatable: partition, time, gpus, cpus, mem, account, qos, constraint, setup, sbatch.<option>."
 SLURM_CONFIG_HELP = "JSON or TOML file of Slurm settings (the --slurm keys; extra sbatch options in an sbatch table)."
+AUTOATTACK_STANDARD_HELP = ("Also run FAB-T for the AutoAttack-standard robust accuracy (no check needs it; about a third of "
+                            "a robust model's audit on CPU).")
 WAIT_HELP = "--launcher slurm: wait for the jobs, then report (default: submit and return; rerun to collect)."
 
 
@@ -140,7 +142,7 @@ def train_sweep_cmd(
     audit_n: int = typer.Option(1000, "--audit-n", help="Held-out points per audit (capped at the split's size)."),
     square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries per audit (AutoAttack default 5000)."),
     autoattack_standard: bool = typer.Option(True, "--autoattack-standard/--no-autoattack-standard",
-                                             help="Also run FAB-T for the AutoAttack-standard figure (no check needs it; a third of a robust model's audit on CPU)."),
+                                             help=AUTOATTACK_STANDARD_HELP),
     report: bool = typer.Option(True, "--report/--no-report", help="Render the HTML report of the sweep and its audits."),
     report_out: Optional[Path] = typer.Option(None, "--report-out", help="Report path (default SWEEP/report.html)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
@@ -284,6 +286,8 @@ def audit_cmd(
     timeout_per_batch: float = typer.Option(DEFAULT_TIMEOUT_PER_BATCH, "--timeout-per-batch",
                                             help="Stop (exit 2) when one forward pass takes longer than this many seconds."),
     square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries (AutoAttack default 5000)."),
+    autoattack_standard: bool = typer.Option(True, "--autoattack-standard/--no-autoattack-standard",
+                                             help=AUTOATTACK_STANDARD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     data: Optional[Path] = typer.Option(None, "--data", help="Audit these points instead of the dataset's held-out split: a .pt/.npz file with x in [0, 1] and int y, or an ImageFolder directory."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Wrap a model that expects normalised inputs: a dataset name, MEAN,STD, or C means then C stds."),
@@ -320,7 +324,8 @@ def audit_cmd(
         raise MaskcheckError(f"--fail-on must be masked or warn (= attack-sensitive); got {fail_on!r}.")
     slurm_cfg = _launcher_config(launcher, slurm, slurm_config, wait)
     if (model / "sweep.json").is_file():
-        _audit_sweep_folder(model, slurm_cfg, n=n, seed=seed, square_queries=square_queries, device=device, data_dir=data_dir,
+        _audit_sweep_folder(model, slurm_cfg, n=n, seed=seed, square_queries=square_queries,
+                            autoattack_standard=autoattack_standard, device=device, data_dir=data_dir,
                             quiet=quiet, wait=wait, ignored={"--checks": checks, "--out": out, "--fail-on": fail_on or (fail_on_flag or None),
                                                   "--eot": eot, "--data": data, "--normalize": normalize, "--threat": threat})
         return
@@ -352,7 +357,8 @@ def audit_cmd(
     else:
         x, y = load_dataset(loaded.info.name, data_dir).heldout_tensors(n)
     result = run_api_audit(loaded, x, y, eps=eps_value, norm=norm, checks=names, seed=seed, eot=eot,
-                           square_queries=square_queries, device=dev, progress=not quiet)
+                           square_queries=square_queries, autoattack_standard=autoattack_standard, device=dev,
+                           progress=not quiet)
     if getattr(guarded, "timed_out", None):  # a check may have caught the error and gone on: the audit is void
         raise LimitError(guarded.timed_out)
     if data is not None:
@@ -368,7 +374,8 @@ def audit_cmd(
         raise typer.Exit(1)
 
 
-def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: int, seed: int, square_queries: int, device: str,
+def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: int, seed: int, square_queries: int,
+                        autoattack_standard: bool, device: str,
                         data_dir: Optional[Path], quiet: bool, wait: bool, ignored: dict) -> None:
     """`maskcheck audit SWEEP`: the sweep's own audit stage, locally or as Slurm jobs."""
     given = [flag for flag, value in ignored.items() if value is not None]
@@ -377,7 +384,7 @@ def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: 
                              "(a sweep's audits run every check and write RUN/audit.json).")
     from .sweep import hold_sweep_lock
 
-    audit_args = dict(n=n, seed=seed, square_queries=square_queries)
+    audit_args = dict(n=n, seed=seed, square_queries=square_queries, autoattack_standard=autoattack_standard)
     if slurm_cfg is None:
         from .launch import refuse_live_jobs
         from .sweep import audit_sweep
