@@ -205,3 +205,15 @@ def test_a_collapsed_network_predicting_one_class_is_not_masked() -> None:
 ])
 def test_attack_convergence_warns_only_on_enough_rising_points(incomplete, rising, n, warns) -> None:
     assert make_check("attack-convergence").warns(incomplete, rising, n) is warns
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_unbounded_attack_breaks_a_noisy_model(seed: int) -> None:
+    """A randomised model (Gaussian input noise, scored by majority over EOT draws) is breakable
+    with the whole input box: unbounded-attack must not call it masked. PGD used to drop a point at
+    its first misclassification, on the decision boundary, where the majority vote is a coin flip."""
+    noisy = MASKED["noisy"][0](honest_cnn())
+    result = run_audit(noisy, digits(), eps=0.3, checks=["unbounded-attack"], **{**FAST, "n": 60, "seed": seed})
+    check = result.check("unbounded-attack")
+    assert "EOT over 20 draws" in result.verdict.text and not check.flagged, check.summary
+    assert check.evidence["unbroken_after_pgd"] == 0, check.evidence
