@@ -160,7 +160,9 @@ def default_run_name(method: str, temperature: float | None, awp: bool = False) 
 def make_config(method: str, dataset: str = "digits", *, preset: str | None = None, **overrides: Any) -> TrainConfig:
     """A TrainConfig from the dataset's defaults, then the preset, then explicit overrides (None = keep)."""
     info = get_info(dataset)
-    values: dict[str, Any] = dict(DATASET_DEFAULTS.get(dataset, DATASET_DEFAULTS["cifar10"]))
+    if dataset not in DATASET_DEFAULTS:  # a dataset added to data.DATASETS needs its own recipe, not CIFAR's
+        raise InputError(f"no training defaults for dataset {dataset!r}: add its row to training.DATASET_DEFAULTS.")
+    values: dict[str, Any] = dict(DATASET_DEFAULTS[dataset])
     values.update(arch=info.default_model, eps=info.default_eps)
     if preset is not None:
         if preset not in PRESETS:

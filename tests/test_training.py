@@ -170,6 +170,16 @@ def test_bad_training_settings_are_input_errors(kwargs: dict, match: str) -> Non
         make_config(kwargs.pop("method"), "digits", **kwargs)
 
 
+def test_every_dataset_has_its_own_training_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No dataset silently gets another's recipe: a dataset without a row is refused by name."""
+    from maskcheck.data import DATASETS
+
+    assert set(training.DATASET_DEFAULTS) == set(DATASETS)
+    monkeypatch.delitem(training.DATASET_DEFAULTS, "mnist")
+    with pytest.raises(InputError, match="no training defaults for dataset 'mnist'"):
+        make_config("natural", "mnist")
+
+
 # ------------------------------------------------------------------------- fit (in memory)
 
 
