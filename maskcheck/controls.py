@@ -9,6 +9,7 @@ regression stage can hand it to `maskcheck audit` as a foreign model file.
 | name      | mechanism                     | how                                             |
 | --------- | ----------------------------- | ----------------------------------------------- |
 | scaled    | saturated logits              | logits x 1e4 (advertorch#63; C&W on distillation) |
+| offset    | logit offset (float32 resolution) | 1e6 added to every logit: margins lost to rounding (advertorch#63) |
 | quantised | vanishing gradients (rounding) | input rounded to a few grey levels (BPDA case)  |
 | noisy     | randomness                    | Gaussian noise on the input at inference (EOT case) |
 | zero-grad | vanishing gradients           | a layer whose backward is exactly zero (auto-attack#43) |
@@ -91,6 +92,7 @@ class DetachedInput(nn.Module):
 
 CONTROLS: dict[str, type[nn.Module]] = {
     "scaled": ScaledLogits,
+    "offset": OffsetLogits,
     "quantised": QuantisedInput,
     "noisy": NoisyInput,
     "zero-grad": ZeroGradient,
@@ -101,15 +103,12 @@ CONTROLS: dict[str, type[nn.Module]] = {
 # exactly-zero input gradients (gradient-health), the same signature as the zero-gradient layer.
 EXPECTED: dict[str, tuple[str, str]] = {
     "scaled": ("logit-magnitude", "saturated logits"),
+    "offset": ("logit-magnitude", "logit offset (float32 resolution)"),
     "quantised": ("gradient-health", "vanishing gradients"),
     "noisy": ("autoattack-flags", "randomness"),
     "zero-grad": ("gradient-health", "vanishing gradients"),
     "detached": ("gradient-health", "gradients unavailable"),
 }
-
-
-# OffsetLogits (logit-magnitude, "logit offset (float32 resolution)") is kept out of CONTROLS until
-# the masking-regression baseline is rerun with it; tests/test_calibration.py audits it directly.
 
 
 def make_control(name: str, model: nn.Module) -> nn.Module:

@@ -2,7 +2,7 @@
 
     python experiments/masking-regression/run.py [--out DIR] [--write-baseline]
 
-With fixed seeds on `digits` it trains the audit controls (an honest natural model and five
+With fixed seeds on `digits` it trains the audit controls (an honest natural model and six
 masked wrappers of it, maskcheck.controls) and a mini sweep (dd at T in {1, 20, 100}, trades,
 ltd at T in {1, 5}), audits every model with the CLI, and compares each check's flag with the
 committed baseline (`baseline.json` beside this file) using `maskcheck regress`. Exit codes are
@@ -51,7 +51,7 @@ def cli(*args: str) -> int:
 
 
 def export_controls(natural_run: Path, folder: Path) -> list[Path]:
-    """TorchScript archives of the five masked wrappers around the honest natural model."""
+    """TorchScript archives of the masked wrappers (maskcheck.controls.CONTROLS) around the honest natural model."""
     honest = load_run(natural_run).model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
