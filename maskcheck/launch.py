@@ -30,13 +30,16 @@ import getpass
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from . import checkpoint
 from .errors import EXIT_JOBS_UNFINISHED, InputError, MaskcheckError
@@ -380,6 +383,26 @@ class SlurmBackend(Backend):
         subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
 
 
+@contextmanager
+def _cancellable_children() -> Iterator[None]:
+    """Start child processes with SIGINT at its default, even when this process ignores it.
+
+    A LocalExecutor job is cancelled by SIGINT to its controller process. An ignored signal stays
+    ignored across exec, and a shell ignores SIGINT in what it starts in the background (`cmd &`,
+    nohup): a controller started from there could never be cancelled and ran its job to the end.
+    A handler (unlike SIG_IGN) is reset to the default at exec, so a no-op handler stands in while
+    the children start; this process keeps ignoring SIGINT.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class LocalBackend(Backend):
     """submitit.LocalExecutor: the same jobs as local processes (the launcher's tests); no dependencies."""
 
@@ -396,9 +419,11 @@ class LocalBackend(Backend):
 
     def submit(self, call: JobCall, job_name: str, after: Sequence[str]) -> tuple[str, Path, Path]:
         assert not after, "the local executor has no dependencies; the launcher holds students back"
-        job = self.executor.submit(call)
+        with _cancellable_children():
+            job = self.executor.submit(call)
         self.jobs[job.job_id] = job
         return job.job_id, job.paths.stdout, job.paths.result_pickle
+
 
     def states(self, job_ids: Iterable[str]) -> dict[str, str]:
         out = {}
@@ -418,8 +443,6 @@ class LocalBackend(Backend):
             if job._process is not None:
                 job._process.wait(timeout=30)
         elif job_id.isdigit() and _controller_alive(int(job_id)):
-            import signal
-
             os.kill(int(job_id), signal.SIGINT)  # what LocalJob.cancel sends: the controller stops its task
 
 

@@ -349,3 +349,19 @@ def test_local_launcher_refuses_a_sweep_whose_cluster_jobs_still_run(tmp_path: P
         other.wait()
     rows, _ = sweep_status(sweep)
     assert {r.task: r.state for r in rows}["train:ltd-T5"] == "failed"
+
+
+def test_local_jobs_can_be_cancelled_when_maskcheck_runs_in_the_background() -> None:
+    """A shell starts background commands (`cmd &`, nohup) with SIGINT ignored, and an ignored signal
+    survives exec: the LocalExecutor's controller, cancelled by SIGINT, must still get the default."""
+    from maskcheck.launch import _cancellable_children
+
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"]
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip() == "False"
+        with _cancellable_children():
+            assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip() == "True"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # this process still ignores it
+    finally:
+        signal.signal(signal.SIGINT, before)
