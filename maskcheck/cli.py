@@ -298,6 +298,7 @@ def audit_cmd(
     slurm: list[str] = typer.Option([], "--slurm", help=SLURM_HELP),
     slurm_config: Optional[Path] = typer.Option(None, "--slurm-config", help=SLURM_CONFIG_HELP),
     wait: bool = typer.Option(False, "--wait/--no-wait", help=WAIT_HELP),
+    jobs: int = typer.Option(1, "--jobs", help="A sweep folder as MODEL: audits on this many worker processes (as train-sweep --jobs)."),
 ) -> None:
     """Run the gradient-masking checks on a model (or rb:<RobustBench name>) and write the audit JSON.
 
@@ -324,7 +325,7 @@ def audit_cmd(
         raise MaskcheckError(f"--fail-on must be masked or warn (= attack-sensitive); got {fail_on!r}.")
     slurm_cfg = _launcher_config(launcher, slurm, slurm_config, wait)
     if (model / "sweep.json").is_file():
-        _audit_sweep_folder(model, slurm_cfg, n=n, seed=seed, square_queries=square_queries,
+        _audit_sweep_folder(model, slurm_cfg, n=n, seed=seed, square_queries=square_queries, jobs=jobs,
                             autoattack_standard=autoattack_standard, device=device, data_dir=data_dir,
                             quiet=quiet, wait=wait, ignored={"--checks": checks, "--out": out, "--fail-on": fail_on or (fail_on_flag or None),
                                                   "--eot": eot, "--data": data, "--normalize": normalize, "--threat": threat})
@@ -332,6 +333,8 @@ def audit_cmd(
     if slurm_cfg is not None:
         raise MaskcheckError(f"--launcher slurm audits a sweep folder (with sweep.json); {model} is not one. "
                              "Audit a single model with the default --launcher local.")
+    if jobs != 1:
+        raise MaskcheckError(f"--jobs runs a sweep folder's audits in parallel; {model} is a single model: drop --jobs.")
     names = resolve_checks(checks)
     out_path = out or default_out(model)
     check_out_path(out_path, "--out")  # before the audit, which may take hours
@@ -375,7 +378,7 @@ def audit_cmd(
 
 
 def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: int, seed: int, square_queries: int,
-                        autoattack_standard: bool, device: str,
+                        jobs: int, autoattack_standard: bool, device: str,
                         data_dir: Optional[Path], quiet: bool, wait: bool, ignored: dict) -> None:
     """`maskcheck audit SWEEP`: the sweep's own audit stage, locally or as Slurm jobs."""
     given = [flag for flag, value in ignored.items() if value is not None]
@@ -391,12 +394,12 @@ def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: 
 
         hold_sweep_lock(sweep_dir)
         refuse_live_jobs(sweep_dir)
-        paths = audit_sweep(sweep_dir, device=device, data_dir=data_dir, progress=not quiet, log=info, **audit_args)
+        paths = audit_sweep(sweep_dir, device=device, data_dir=data_dir, jobs=jobs, progress=not quiet, log=info, **audit_args)
         typer.echo(f"{len(paths)} audit(s) current in {sweep_dir}; render them with `maskcheck report {sweep_dir}`")
         return
     from .launch import slurm_audit
 
-    result = slurm_audit(sweep_dir, config=slurm_cfg, wait=wait, jobs=1, device=device, data_dir=data_dir,
+    result = slurm_audit(sweep_dir, config=slurm_cfg, wait=wait, jobs=jobs, device=device, data_dir=data_dir,
                          audit_args=audit_args, log=info)
     if _launch_finished(sweep_dir, result):
         typer.echo(f"every audit of {sweep_dir} is current; render them with `maskcheck report {sweep_dir}`")

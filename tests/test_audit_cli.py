@@ -94,5 +94,11 @@ def test_no_autoattack_standard_skips_fab_t_for_a_model_and_for_a_sweep(tmp_path
     monkeypatch.setattr(sweep, "audit_sweep", lambda sweep_dir, **kw: seen.update(kw) or [])
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.json").write_text("{}")
-    assert _main([str(tmp_path / "sweep"), "--quiet", "--no-autoattack-standard"]) == 0
-    assert seen["autoattack_standard"] is False
+    assert _main([str(tmp_path / "sweep"), "--quiet", "--no-autoattack-standard", "--jobs", "2"]) == 0
+    assert seen["autoattack_standard"] is False and seen["jobs"] == 2
+
+
+def test_jobs_is_for_a_sweep_folder(tmp_path, capsys) -> None:
+    run = _run_folder(tmp_path / "natural")
+    assert _main([str(run), "--quiet", "--jobs", "2"]) == 2
+    assert "--jobs runs a sweep folder's audits in parallel" in capsys.readouterr().err
