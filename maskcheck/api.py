@@ -157,7 +157,7 @@ def audit_loader(model: "nn.Module | LoadedModel", loader: Iterable[Any], *, n: 
 def _run_engine(model: "nn.Module | LoadedModel", x: "torch.Tensor", y: "torch.Tensor", *, eps: float, norm: str,
                 checks: list[str] | None, seed: int, device: "torch.device", progress: bool, num_classes: int,
                 eot: int | None, square_queries: int | None, apgd_iters: int | None,
-                overrides: Mapping[str, Mapping[str, Any]] | None, autoattack_standard: bool = True) -> "AuditResult":
+                overrides: Mapping[str, Mapping[str, Any]] | None, autoattack_standard: bool) -> "AuditResult":
     """The integration point with the audit engine: the only call into `auditing.run_audit`."""
     from .auditing import run_audit
 

@@ -424,7 +424,6 @@ class LocalBackend(Backend):
         self.jobs[job.job_id] = job
         return job.job_id, job.paths.stdout, job.paths.result_pickle
 
-
     def states(self, job_ids: Iterable[str]) -> dict[str, str]:
         out = {}
         for j in job_ids:

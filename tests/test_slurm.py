@@ -28,9 +28,8 @@ from maskcheck.launch import (Backend, JobCall, SlurmConfig, Task, format_status
                               parse_slurm_time, slurm_sweep, sweep_status, validate_config)
 from maskcheck.sweep import audit_sweep, run_sweep
 
-# Tiny but real: 4 epochs give a window to interrupt a run between its last.ckpt and its end.
-# 16 tiny epochs: the interrupted jobs must still be training when their signal lands, however fast
-# the machine (with 4, only 3 epochs of 64 digits were left after the first checkpoint).
+# Tiny but real: 16 epochs of 64 digits leave a window to interrupt a run between its first last.ckpt
+# and its end, however fast the machine (with 4, only 3 epochs were left after the first checkpoint).
 TINY = dict(epochs=16, max_train=64, eval_n=10, final_eval_n=20, attack_steps=2, milestones=(16,))
 AUDIT = dict(n=10, seed=0, square_queries=20)
 LOCAL = SlurmConfig(executor="local", cpus=1, time=30)
