@@ -34,8 +34,8 @@ from .data import DatasetInfo, get_info
 from .errors import InputError, MaskcheckError, UnsafeModelFileError
 from .fileio import atomic_write, atomic_write_json, read_json
 from .guard import (
-    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, TRUST_FLAG, GuardedModel, check_zip_limits, inspect_pt2,
-    is_pt2, is_torchscript, is_zip, read_model_bytes, unsafe_globals, zip_infos,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, TRUST_FLAG, GuardedModel, check_tensors, inspect_pt2,
+    is_pt2, is_torchscript, is_zip, read_model_bytes, read_zip, rebuild_zip, unsafe_globals,
 )
 from .validate import validate_run
 from .models import build_model, load_state_dict_compat
@@ -154,6 +154,8 @@ def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if any(not isinstance(k, str) for k in tensors):
+            raise InputError(f"{path} is a state dict with non-string keys; save model.state_dict() (names to tensors).")
         if tensors:
             return tensors
     raise InputError(f"{path} holds no state dict of tensors (got {type(obj).__name__}). "
@@ -258,20 +260,20 @@ def _load_model(path: Path, dataset: str | None, arch: str | None, device: torch
 
     if path.suffix == ".safetensors":
         return from_state(_read_safetensors(path, data), "safetensors")
-    infos = zip_infos(data, str(path))
-    if infos is not None:
-        check_zip_limits(infos, str(path), max_unpacked)
-    if infos is not None and is_pt2(infos):
+    entries = read_zip(data, str(path), max_unpacked)  # one strict reader; torch gets exactly these entries
+    if entries is not None:
+        data = rebuild_zip(entries)
+    if entries is not None and is_pt2(entries):
         if trust_code:
             _warn_trusted(path, "a torch.export archive, not inspected")
         else:
-            inspect_pt2(data, infos, str(path), max_unpacked)
+            inspect_pt2(entries, str(path), max_unpacked)
         try:
             module = torch.export.load(io.BytesIO(data)).module()
         except Exception as exc:  # noqa: BLE001 - torch.export raises many types for a bad archive
             raise InputError(f"{path} is a torch.export archive that failed to load ({_one_line(exc)}).") from None
         return LoadedModel(module.to(device), info, path.stem, "torch-export")
-    if infos is not None and is_torchscript(infos):
+    if entries is not None and is_torchscript(entries):
         if not trust_code:
             raise UnsafeModelFileError(
                 f"{path} is a TorchScript archive: its code (code/*.py, including __setstate__) runs when it loads and "
@@ -288,6 +290,8 @@ def _load_model(path: Path, dataset: str | None, arch: str | None, device: torch
             raise InputError(f"{path} is a TorchScript archive that failed to load ({_one_line(exc)}).") from None
         return LoadedModel(module.to(device).eval(), info, path.stem, "torchscript")
     obj = _torch_load_weights_only(data, path, trust_code)
+    if not trust_code:
+        check_tensors(obj, str(path), max_unpacked)
     if isinstance(obj, nn.Module):
         return LoadedModel(obj.to(device).eval(), info, path.stem, "pickle")
     return from_state(_state_dict_from(obj, path), "state-dict")
