@@ -104,7 +104,10 @@ def _read_regular(path: Path, what: str, limit: int) -> bytes:
             raise InputError(f"{what} {path} is a folder, not a JSON file.")
         if not stat.S_ISREG(mode):
             raise InputError(f"{what} {path} is not a regular file (a FIFO or device?); pass the file itself.")
-        data = f.read(limit + 1)
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:  # e.g. /proc/self/mem
+            raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}.") from None
     if len(data) > limit:
         raise InputError(f"{what} {path} is over {limit // 1024**2} MiB; that is no maskcheck JSON file.")
     return data

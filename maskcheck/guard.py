@@ -63,7 +63,10 @@ def read_model_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> byt
         if st.st_size > max_bytes:
             raise LimitError(f"{path} is {st.st_size / GIB:.2f} GiB, over the {max_bytes / GIB:g} GiB limit; "
                              "raise it with --max-file-gib if you expect a model this large.")
-        data = f.read(max_bytes + 1)
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:  # e.g. /proc/self/mem: "regular", but no readable content
+            raise InputError(f"cannot read model file {path}: {exc.strerror or exc}; pass a model file.") from None
     if len(data) > max_bytes:  # grew while we read it
         raise LimitError(f"{path} is over the {max_bytes / GIB:g} GiB limit; raise it with --max-file-gib.")
     return data
