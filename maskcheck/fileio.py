@@ -74,6 +74,28 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, text)
 
 
+def inside(folder: str | Path, relpath: Any, what: str) -> Path:
+    """`folder / relpath`, refused (exit 2) unless it stays inside `folder` once resolved, symlinks included.
+
+    Every path read from a JSON file (sweep.json's run_dir, launch records' log and result,
+    task logs) goes through here: a hostile sweep folder must not make maskcheck read or write
+    outside itself (`"../victim/run"`, an absolute path, or a symlink pointing out).
+    """
+    folder = Path(folder)
+    if not isinstance(relpath, str) or not relpath or "\0" in relpath or Path(relpath).is_absolute():
+        raise InputError(f"{what} must be a relative path inside {folder}; got {str(relpath)[:80]!r}. "
+                         "Regenerate the file with maskcheck.")
+    target = folder / relpath
+    try:
+        real, base = target.resolve(), folder.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise InputError(f"{what} {relpath[:80]!r} cannot be resolved ({exc}); regenerate the file.") from None
+    if real == base or not real.is_relative_to(base):
+        raise InputError(f"{what} {relpath[:80]!r} leads outside {folder} (to {real}); refused. "
+                         "A sweep folder's files may only name paths inside it; regenerate the file with maskcheck.")
+    return target
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):

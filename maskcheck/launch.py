@@ -43,7 +43,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from . import checkpoint
 from .errors import EXIT_JOBS_UNFINISHED, InputError, MaskcheckError
-from .fileio import atomic_write_json, read_json
+from .fileio import atomic_write_json, inside, read_json
+from .validate import read_sweep
 
 LAUNCHERS = ("local", "slurm")
 JOBS_FOLDER = "slurm"  # SWEEP/slurm/: submitit's pickles and each job's log (<id>_0_log.out)
@@ -678,7 +679,7 @@ def slurm_sweep(
     sweep_dir = Path(sweep_dir)
     sweep_args = dict(sweep_args)
     backend = make_backend(sweep_dir, config)
-    old = read_json(sweep_dir / SWEEP_FILE, "sweep manifest") if (sweep_dir / SWEEP_FILE).is_file() else {}
+    old = read_sweep(sweep_dir) if (sweep_dir / SWEEP_FILE).is_file() else {}
     old_rec = old.get("launcher") if isinstance(old.get("launcher"), dict) else {}
     still = live_jobs(backend, old_rec.get("tasks", {}), list(old_rec.get("tasks", {})))
     data_dir, compile_ = sweep_args.pop("data_dir", None), sweep_args.pop("compile", False)
@@ -746,7 +747,7 @@ def slurm_audit(sweep_dir: Path, *, config: SlurmConfig, wait: bool, jobs: int, 
     sweep_dir = Path(sweep_dir)
     hold_sweep_lock(sweep_dir)
     backend = make_backend(sweep_dir, config)
-    manifest = read_json(sweep_dir / SWEEP_FILE, "sweep manifest")
+    manifest = read_sweep(sweep_dir)
     record = _record(manifest, config)
     audits, _done = plan_audits(sweep_dir, data_dir=data_dir, progress=False, log=log, **audit_args)
     tasks = audit_tasks([type(a)(**{**asdict(a), "run_dir": str(Path(a.run_dir).resolve())}) for a in audits],
@@ -763,7 +764,7 @@ def refuse_live_jobs(sweep_dir: Path) -> None:
     path = Path(sweep_dir) / SWEEP_FILE
     if not path.is_file():
         return
-    rec = read_json(path, "sweep manifest").get("launcher")
+    rec = read_sweep(Path(path).parent).get("launcher")
     if not isinstance(rec, dict) or not rec.get("tasks"):
         return
     backend = backend_for_record(Path(sweep_dir), rec)
@@ -824,7 +825,7 @@ def sweep_status(sweep_dir: Path) -> tuple[list[StatusRow], list[str]]:
     path = sweep_dir / SWEEP_FILE
     if not path.is_file():
         raise InputError(f"{sweep_dir} is not a sweep folder (no {SWEEP_FILE}); give the --out of a train-sweep.")
-    manifest = read_json(path, "sweep manifest")
+    manifest = read_sweep(Path(path).parent)
     rec = manifest.get("launcher") if isinstance(manifest.get("launcher"), dict) else {}
     records = rec.get("tasks", {}) if rec else {}
     header = []
@@ -877,7 +878,7 @@ def sweep_status(sweep_dir: Path) -> tuple[list[StatusRow], list[str]]:
 
 def log_tail(sweep_dir: Path, log_path: str, lines: int) -> list[str]:
     """The last `lines` lines of a job's log (relative to the sweep), or a note that it is missing."""
-    path = Path(sweep_dir) / log_path
+    path = inside(sweep_dir, log_path, "the task log")  # a log named by sweep.json stays inside the sweep
     if not path.is_file():
         return [f"(no log at {log_path})"]
     with open(path, "rb") as f:
@@ -899,7 +900,7 @@ def format_status(sweep_dir: Path, rows: Sequence[StatusRow], header: Sequence[s
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    manifest = read_json(Path(sweep_dir) / "sweep.json", "sweep manifest")
+    manifest = read_sweep(Path(sweep_dir))
     records = (manifest.get("launcher") or {}).get("tasks", {})
     for r in rows:
         if r.state == "failed" and tail > 0 and records.get(r.task, {}).get("log"):

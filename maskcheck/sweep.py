@@ -41,6 +41,7 @@ from . import checkpoint
 from .config import format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
+from .validate import read_sweep, validate_run
 from .auditing import DEFAULT_SQUARE_QUERIES
 from .training import DATASET_DEFAULTS, LAST_CKPT, make_config, train_run
 
@@ -575,7 +576,7 @@ def prepare_sweep(
     manifest = _manifest(plan, dataset, list(temps), methods, seed, settings, device, options)
     path = out / SWEEP_FILE
     if path.is_file():
-        old = read_json(path, "sweep manifest")
+        old = read_sweep(out, SWEEP_SCHEMA_VERSION)
         _check_compatible(old, manifest, path)
         known = {j["name"] for j in manifest["jobs"]}
         manifest["jobs"] = [j for j in old.get("jobs", []) if j["name"] not in known] + manifest["jobs"]
@@ -790,7 +791,7 @@ def plan_audits(
     from .checkpoint import RUN_FILE, is_complete_run
 
     sweep_dir = Path(sweep_dir)
-    manifest = read_json(sweep_dir / SWEEP_FILE, "sweep manifest")
+    manifest = read_sweep(sweep_dir, SWEEP_SCHEMA_VERSION)
     sizes: dict[str, int] = {}
 
     def heldout_size(dataset: str) -> int:
@@ -815,6 +816,9 @@ def plan_audits(
             continue
         if out.is_file():
             run = read_json(run_dir / RUN_FILE, "run record")
+            validate_run(run, str(run_dir / RUN_FILE), 1)
+            if not isinstance(run.get("dataset"), str):
+                raise InputError(f"{run_dir / RUN_FILE} lacks its dataset; retrain that run or remove its folder.")
             from .data import get_info
 
             threat = run.get("threat") or {"eps": get_info(run["dataset"]).default_eps, "norm": "linf"}

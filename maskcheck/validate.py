@@ -188,19 +188,50 @@ def validate_run(obj: Any, source: str, version: int) -> None:
         metrics.need("train_seconds", "a finite number or null", _opt(_num), optional=True)
 
 
-def validate_sweep(obj: Any, source: str, version: int) -> None:
-    """A sweep.json: `jobs` a list of objects whose run_dir stays inside the sweep folder."""
+def validate_sweep(obj: Any, source: str, version: int, folder: Path | None = None) -> None:
+    """A sweep.json: `jobs` a list of objects whose run_dir stays inside the sweep folder; launcher records typed.
+
+    With `folder`, every path it names (jobs' run_dir, the launcher's log and result files) is
+    resolved and refused unless it stays inside that folder (`fileio.inside`, symlinks included).
+    """
+    from .fileio import inside
+
     f = _Fields(obj, source)
     _schema(f, version)
     jobs = f.need("jobs", "a list of jobs", lambda v: isinstance(v, list))
+    names = set()
     for i, job in enumerate(jobs):
         jf = _Fields(job, source, f"jobs[{i}].")
-        jf.need("name", "a string", _str)
-        jf.need("method", "a string", _str)
+        names.add(jf.need("name", "a string", _str))
+        jf.need("method", "a string", _str, optional=True)  # the report needs it (one line when missing there)
         jf.need("temperature", "a positive number or null", _opt(lambda v: _num(v) and v > 0), optional=True)
         jf.need("teacher", "a string or null", _opt(_str), optional=True)
-        jf.need("run_dir", "a relative path inside the sweep folder",
-                lambda v: _str(v) and not Path(v).is_absolute() and ".." not in Path(v).parts)
+        run_dir = jf.need("run_dir", "a relative path inside the sweep folder",
+                          lambda v: _str(v) and v and not Path(v).is_absolute() and ".." not in Path(v).parts)
+        if folder is not None:
+            inside(folder, run_dir, f"{source}: jobs[{i}].run_dir")
+    f.need("select_temperature", "true or false", _opt(_bool), optional=True)
+    launcher = f.sub("launcher", optional=True)
+    if launcher:
+        launcher.need("executor", "a string", _str, optional=True)
+    tasks = launcher.sub("tasks", optional=True) if launcher else None
+    for key in (tasks.obj if tasks else {}):
+        t = tasks.sub(key)
+        t.need("job_id", "a job id", lambda v: _str(v) or _int(v), optional=True)
+        for field in ("log", "result"):
+            rel = t.need(field, "a relative path inside the sweep folder", _str, optional=True)
+            if rel is not None and folder is not None:
+                inside(folder, rel, f"{source}: launcher.tasks.{key}.{field}")
+
+
+def read_sweep(sweep_dir: Path, version: int = 1) -> dict[str, Any]:
+    """sweep.json of `sweep_dir`, validated (`validate_sweep` with the folder): what every command reads."""
+    from .fileio import read_json
+
+    path = Path(sweep_dir) / "sweep.json"
+    data = read_json(path, "sweep manifest")
+    validate_sweep(data, str(path), version, folder=Path(sweep_dir))
+    return data
 
 
 # ------------------------------------------------------------------------------ output side

@@ -116,7 +116,7 @@ def load_inputs(inputs: Iterable[str | Path]) -> ReportInputs:
 
 
 def _check_sweep(data: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
-    validate_sweep(data, str(path), SWEEP_SCHEMA_VERSION)
+    validate_sweep(data, str(path), SWEEP_SCHEMA_VERSION, folder=path.parent)  # run_dirs inside the sweep
     return data
 
 
