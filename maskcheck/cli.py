@@ -30,6 +30,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+MAX_LIMIT_FLAG = 1e6  # ours: --max-*-gib (a PiB) and --timeout-per-batch (11 days) beyond any real need
 DEVICE_HELP = "auto (CUDA if present, else CPU), cpu, or cuda[:n]."
 DATA_DIR_HELP = "Folder holding downloaded datasets (default: $MASKCHECK_DATA_DIR or ~/.cache/maskcheck/data)."
 LAUNCHER_HELP = "local: this machine's worker pool (--jobs); slurm: one Slurm job per run and per audit (README, 'On a Slurm cluster')."
@@ -280,9 +281,9 @@ def audit_cmd(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     trust_code: bool = typer.Option(False, "--trust-code", "--allow-pickle", "--unsafe-pickle",
                                     help="Load formats that can carry code (TorchScript, pickles, .pt2 with pickled entries): runs that code!"),
-    max_file_gib: float = typer.Option(DEFAULT_MAX_FILE_BYTES / GIB, "--max-file-gib", help="Refuse model files larger than this."),
+    max_file_gib: float = typer.Option(DEFAULT_MAX_FILE_BYTES / GIB, "--max-file-gib", help="Refuse model and --data files larger than this."),
     max_unpacked_gib: float = typer.Option(DEFAULT_MAX_UNPACKED_BYTES / GIB, "--max-unpacked-gib",
-                                           help="Refuse archives that unpack to more than this (zip bombs)."),
+                                           help="Refuse model and --data files that unpack or allocate more than this (zip bombs; default a quarter of RAM, at most 8)."),
     timeout_per_batch: float = typer.Option(DEFAULT_TIMEOUT_PER_BATCH, "--timeout-per-batch",
                                             help="Stop (exit 2) when one forward pass takes longer than this many seconds."),
     square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries (AutoAttack default 5000)."),
@@ -319,8 +320,8 @@ def audit_cmd(
         raise MaskcheckError(f"--norm must be linf or l2; got {norm!r}.")
     for flag, value in (("--max-file-gib", max_file_gib), ("--max-unpacked-gib", max_unpacked_gib),
                         ("--timeout-per-batch", timeout_per_batch)):
-        if not value > 0 or value == float("inf"):
-            raise MaskcheckError(f"{flag} must be a positive finite number; got {value}.")
+        if not 0 < value <= MAX_LIMIT_FLAG:
+            raise MaskcheckError(f"{flag} must be a positive number of at most {MAX_LIMIT_FLAG:g}; got {value}.")
     if fail_on not in (None, "masked", "warn", "attack-sensitive"):
         raise MaskcheckError(f"--fail-on must be masked or warn (= attack-sensitive); got {fail_on!r}.")
     slurm_cfg = _launcher_config(launcher, slurm, slurm_config, wait)
@@ -356,7 +357,8 @@ def audit_cmd(
         given_eps, norm = (rb_eps if given_eps is None else given_eps), norm or rb_norm
     eps_value, norm = run_threat(loaded, given_eps, norm)
     if data is not None:
-        x, y = load_points(data, loaded.info, n)
+        x, y = load_points(data, loaded.info, n, max_file_bytes=int(max_file_gib * GIB),
+                           max_unpacked_bytes=int(max_unpacked_gib * GIB))  # the model's limits, shared
     else:
         x, y = load_dataset(loaded.info.name, data_dir).heldout_tensors(n)
     result = run_api_audit(loaded, x, y, eps=eps_value, norm=norm, checks=names, seed=seed, eot=eot,

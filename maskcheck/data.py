@@ -367,10 +367,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
 # Nothing here unpickles: .pt goes through torch.load(weights_only=True), .npz through
 # numpy with allow_pickle=False, images through Pillow (via torchvision's ImageFolder).
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm")  # decoded by PNG/JPEG/BMP/PPM only
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "PPM")  # never EPS (Ghostscript), whatever a file's suffix says
 
 
-def load_points(path: str | Path, info: DatasetInfo, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_points(path: str | Path, info: DatasetInfo, n: int | None = None, *, max_file_bytes: int | None = None,
+                max_unpacked_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Audit points from a file: `.pt` / `.npz` holding `x` and `y`, or an ImageFolder directory.
 
     x: float in [0, 1] (uint8 pixels are divided by 255), (N, C, H, W), (N, H, W) for one
@@ -378,16 +380,26 @@ def load_points(path: str | Path, info: DatasetInfo, n: int | None = None) -> tu
     against `info` (the dataset the model was trained on). `n` keeps the first n points of a
     tensor file and a fixed seeded sample of n images of a folder (a folder is sorted by
     class, so its first n would all be one class). Raises InputError in one line.
+
+    A data file is as untrusted as a model file and shares its limits (README, "Loading
+    policy"): regular files only, at most `max_file_bytes` on disk, read by the strict zip
+    reader with everything it unpacks or declares capped at `max_unpacked_bytes`; tensors
+    dense, on the CPU, without zero strides; images decoded by PNG/JPEG/BMP/PPM only, each
+    under `limits.MAX_IMAGE_PIXELS`.
     """
+    from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES
+
+    max_file = DEFAULT_MAX_FILE_BYTES if max_file_bytes is None else max_file_bytes
+    max_unpacked = DEFAULT_MAX_UNPACKED_BYTES if max_unpacked_bytes is None else max_unpacked_bytes
     p = Path(path)
     if p.is_dir():
         x, y = _load_image_folder(p, info, n)
-    elif not p.is_file():
+    elif not p.exists():
         raise InputError(f"--data {p} not found. Pass a .pt or .npz file with x and y, or an ImageFolder directory.")
     elif p.suffix == ".npz":
-        x, y = _load_npz(p)
+        x, y = _load_npz(p, max_file, max_unpacked)
     elif p.suffix in (".pt", ".pth"):
-        x, y = _load_pt(p)
+        x, y = _load_pt(p, max_file, max_unpacked)
     else:
         raise InputError(f"--data {p}: unknown kind {p.suffix or '(no suffix)'!r}; expected a .pt or .npz file "
                          "with x and y, or an ImageFolder directory.")
@@ -395,30 +407,62 @@ def load_points(path: str | Path, info: DatasetInfo, n: int | None = None) -> tu
     return (x[:n], y[:n]) if n is not None else (x, y)
 
 
-def _load_npz(path: Path) -> tuple[object, object]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x", "y") if k not in f.files]
-            if missing:
-                raise InputError(f"--data {path} lacks the array(s) {', '.join(missing)}; it holds {', '.join(f.files) or 'nothing'}. "
-                                 "Save it with np.savez(path, x=images, y=labels).")
-            return f["x"], f["y"]
-    except InputError:
-        raise
-    except ValueError as exc:  # numpy refuses object arrays without allow_pickle: they would need code
-        raise InputError(f"--data {path} holds object arrays that need pickle ({exc}); save plain numeric arrays.") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged zip raises many types; nothing was executed
-        raise InputError(f"--data {path} is not a readable .npz file ({type(exc).__name__}: {exc}). Save it again.") from None
+def _data_entries(path: Path, max_file: int, max_unpacked: int, kind: str) -> dict[str, bytes]:
+    """The entries of a --data zip file (.pt / .npz), through the model files' guards."""
+    from .guard import read_model_bytes, read_zip
+
+    data = read_model_bytes(path, max_file, what="--data file")
+    entries = read_zip(data, f"--data {path}", max_unpacked)
+    if entries is None:
+        raise InputError(f"--data {path} is not a {kind} file (no zip archive: an old torch.save format or another "
+                         "kind of file); save it again with " + ("np.savez." if kind == ".npz" else "torch.save."))
+    return entries
 
 
-def _load_pt(path: Path) -> tuple[object, object]:
+def _npy(blob: bytes, path: Path, key: str) -> np.ndarray:
+    """One array of an .npz, refused unless numeric and its declared shape fits the bytes it holds."""
+    buf = io.BytesIO(blob)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        version = np.lib.format.read_magic(buf)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(buf, max_header_size=10_000)
+    except (ValueError, TypeError, SyntaxError, OSError) as exc:
+        raise InputError(f"--data {path}: {key} is not a .npy array ({' '.join(str(exc).split())[:100]}).") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise InputError(f"--data {path}: {key} has dtype {dtype}, arrays that need pickle or are not numbers; "
+                         "save plain numeric arrays.")
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    if count * dtype.itemsize > len(blob) - buf.tell():
+        raise InputError(f"--data {path}: {key} declares shape {shape} ({count} elements), more than its "
+                         f"{len(blob) - buf.tell()} bytes hold; refused (a forged header).")
+    try:
+        return np.load(io.BytesIO(blob), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"--data {path}: {key} is not readable ({' '.join(str(exc).split())[:100]}).") from None
+
+
+def _load_npz(path: Path, max_file: int, max_unpacked: int) -> tuple[object, object]:
+    entries = _data_entries(path, max_file, max_unpacked, ".npz")
+    missing = [k for k in ("x", "y") if f"{k}.npy" not in entries]
+    if missing:
+        held = ", ".join(n.removesuffix(".npy") for n in entries) or "nothing"
+        raise InputError(f"--data {path} lacks the array(s) {', '.join(missing)}; it holds {held}. "
+                         "Save it with np.savez(path, x=images, y=labels).")
+    return _npy(entries["x.npy"], path, "x"), _npy(entries["y.npy"], path, "y")
+
+
+def _load_pt(path: Path, max_file: int, max_unpacked: int) -> tuple[object, object]:
+    from .guard import check_tensors, rebuild_zip
+
+    entries = _data_entries(path, max_file, max_unpacked, ".pt")
+    try:
+        obj = torch.load(io.BytesIO(rebuild_zip(entries)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(f"--data {path} is not plain tensors (torch.load with weights_only=True refused it: "
                          f"{' '.join(str(exc).split())[:120]}). Save a dict {{'x': tensor, 'y': tensor}}.") from None
     except Exception as exc:  # noqa: BLE001 - the weights-only unpickler runs no code; any failure is a bad file
         raise InputError(f"--data {path} is not a readable PyTorch file ({type(exc).__name__}). Was it truncated? Save it again.") from None
+    check_tensors(obj, f"--data {path}", max_unpacked)
     if isinstance(obj, dict) and "x" in obj and "y" in obj:
         return obj["x"], obj["y"]
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
@@ -481,7 +525,8 @@ def _load_image_folder(root: Path, info: DatasetInfo, n: int | None) -> tuple[to
     transform = v2.Compose([v2.Lambda(lambda im: im.convert(mode)), v2.PILToTensor(), v2.Resize((h, w), antialias=True),
                             v2.ToDtype(torch.float32, scale=True)])
     try:
-        folder = _Folder(str(root), transform=transform, allow_empty=True)
+        folder = _Folder(str(root), transform=transform, allow_empty=True, loader=_open_image,
+                         is_valid_file=_is_image_file)
     except (FileNotFoundError, OSError) as exc:
         raise InputError(f"--data {root}: not an ImageFolder directory ({exc}). Expected {root}/<class>/<image>.png.") from None
     if len(folder) == 0:
@@ -494,11 +539,51 @@ def _load_image_folder(root: Path, info: DatasetInfo, n: int | None) -> tuple[to
     for i in order:
         try:
             image, label = folder[int(i)]
-        except (OSError, Image.DecompressionBombError, ValueError) as exc:
-            raise InputError(f"--data {folder.samples[int(i)][0]} is not a readable image ({type(exc).__name__}: {exc}).") from None
+        except InputError:
+            raise
+        except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning, ValueError, SyntaxError) as exc:
+            raise InputError(f"--data {folder.samples[int(i)][0]} is not a readable PNG/JPEG/BMP/PPM image "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}).") from None
         xs.append(image)
         ys.append(label)
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def _is_image_file(path: str) -> bool:
+    """An image suffix and a regular file (a FIFO, device or socket named x.png is skipped, never opened)."""
+    import stat
+
+    try:
+        return path.lower().endswith(IMAGE_SUFFIXES) and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _open_image(path: str) -> "object":
+    """One --data image: a regular file under MAX_IMAGE_BYTES, decoded only by PNG/JPEG/BMP/PPM, pixels capped.
+
+    Pillow picks a decoder by content, not by suffix (an EPS file named .png would start
+    Ghostscript), so `formats=` names the four allowed; its decompression-bomb limit is set
+    here explicitly and its warning (between the limit and twice it) made an error.
+    """
+    import warnings
+
+    from PIL import Image
+
+    from .guard import read_model_bytes
+    from .limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+
+    data = read_model_bytes(Path(path), MAX_IMAGE_BYTES, what="--data image")
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"--data {path} has more pixels than the {MAX_IMAGE_PIXELS} allowed (a decompression "
+                             f"bomb?): {' '.join(str(exc).split())[:100]}") from None
+    return image
 
 
 def parse_normalize(text: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

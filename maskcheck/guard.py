@@ -34,7 +34,9 @@ import torch
 import torch.nn as nn
 
 from .errors import InputError, LimitError, UnsafeModelFileError
-from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, GIB  # noqa: F401 - re-exported for checkpoint.py
+from .limits import (  # noqa: F401 - the defaults are re-exported for checkpoint.py
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, DEFLATE_RATIO_FLOOR, DEFLATE_RATIO_LIMIT, GIB,
+)
 
 TRUST_FLAG = "--trust-code"
 PICKLE_MAGIC = b"\x80"  # pickle protocol 2+ starts with PROTO (0x80)
@@ -44,7 +46,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 # ------------------------------------------------------------------------------- model files
 
 
-def read_model_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+def read_model_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES, what: str = "model file") -> bytes:
     """The content of `path`, refused unless it is a regular file of at most `max_bytes`.
 
     The file is opened non-blocking and checked on the open descriptor (fstat), so a FIFO or a
@@ -54,19 +56,19 @@ def read_model_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> byt
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise InputError(f"cannot open model file {path}: {exc.strerror}.") from None
+        raise InputError(f"cannot open {what} {path}: {exc.strerror}.") from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{path} is not a regular file (a FIFO, device or socket, or a link to one); "
-                             "pass the model file itself.")
+                             f"pass the {what} itself.")
         if st.st_size > max_bytes:
             raise LimitError(f"{path} is {st.st_size / GIB:.2f} GiB, over the {max_bytes / GIB:g} GiB limit; "
                              "raise it with --max-file-gib if you expect a model this large.")
         try:
             data = f.read(max_bytes + 1)
         except OSError as exc:  # e.g. /proc/self/mem: "regular", but no readable content
-            raise InputError(f"cannot read model file {path}: {exc.strerror or exc}; pass a model file.") from None
+            raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}; pass a {what}.") from None
     if len(data) > max_bytes:  # grew while we read it
         raise LimitError(f"{path} is over the {max_bytes / GIB:g} GiB limit; raise it with --max-file-gib.")
     return data
@@ -214,6 +216,10 @@ def read_zip(data: bytes, source: str, max_unpacked: int) -> dict[str, bytes] | 
     if total > max_unpacked:
         raise LimitError(f"{source} unpacks to {total / GIB:.2f} GiB, over the {max_unpacked / GIB:g} GiB limit "
                          "(a zip bomb?); raise it with --max-unpacked-gib if you trust the file.")
+    for name, method, _, csize, usize, _ in entries:
+        if method == 8 and usize > DEFLATE_RATIO_FLOOR and usize > DEFLATE_RATIO_LIMIT * max(csize, 1):
+            raise LimitError(f"{source}: entry {name[:60]!r} inflates {usize // max(csize, 1)}-fold to "
+                             f"{usize / GIB:.2f} GiB (a deflate bomb?); refused. Store it uncompressed.")
     out: dict[str, bytes] = {}
     for name, method, crc, csize, usize, start in entries:
         blob = data[start:start + csize]
