@@ -411,8 +411,18 @@ def _data_entries(path: Path, max_file: int, max_unpacked: int, kind: str) -> di
     """The entries of a --data zip file (.pt / .npz), through the model files' guards."""
     from .guard import read_model_bytes, read_zip
 
+    from .errors import LimitError
+
     data = read_model_bytes(path, max_file, what="--data file")
-    entries = read_zip(data, f"--data {path}", max_unpacked)
+    readable = "PyTorch" if kind == ".pt" else ".npz"
+    try:
+        entries = read_zip(data, f"--data {path}", max_unpacked)
+    except LimitError:
+        raise
+    except InputError as exc:
+        why = str(exc)
+        why = why[why.find(" (") + 2:why.rfind(")")] if " (" in why else why
+        raise InputError(f"--data {path} is not a readable {readable} file ({why}); save it again.") from None
     if entries is None:
         raise InputError(f"--data {path} is not a {kind} file (no zip archive: an old torch.save format or another "
                          "kind of file); save it again with " + ("np.savez." if kind == ".npz" else "torch.save."))
