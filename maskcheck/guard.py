@@ -182,7 +182,7 @@ def read_zip(data: bytes, source: str, max_unpacked: int) -> dict[str, bytes] | 
         raw = data[pos + 46:pos + 46 + nlen]
         name = _entry_name(raw, source)
         extra = data[pos + 46 + nlen:pos + 46 + nlen + elen]
-        csize, usize, off = _zip64_extra(extra, [csize, usize, off], source)
+        usize, csize, off = _zip64_extra(extra, [usize, csize, off], source)  # the spec's order
         pos += 46 + nlen + elen + clen
         if name in seen:
             raise _bad_zip(source, f"two entries named {name[:60]!r}")
@@ -195,8 +195,8 @@ def read_zip(data: bytes, source: str, max_unpacked: int) -> dict[str, bytes] | 
             raise _bad_zip(source, f"entry {name[:60]!r} has no local header where the directory says")
         (_, lflags, lmethod, _, _, lcrc, lcsize, lusize, lnlen, lelen) = struct.unpack_from("<HHHHHIIIHH", data, off + 4)
         lextra = data[off + 30 + lnlen:off + 30 + lnlen + lelen]
-        lcsize, lusize = _zip64_extra(lextra, [lcsize, lusize], source) if 0xFFFFFFFF in (lcsize, lusize) \
-            else (lcsize, lusize)
+        lusize, lcsize = _zip64_extra(lextra, [lusize, lcsize], source) if 0xFFFFFFFF in (lcsize, lusize) \
+            else (lusize, lcsize)
         streamed = flags & 8 and (lcrc, lcsize, lusize) == (0, 0, 0)  # sizes in a descriptor after the data (torch)
         if (data[off + 30:off + 30 + lnlen] != raw or (lflags, lmethod) != (flags, method)
                 or not streamed and (lcrc, lcsize, lusize) != (crc, csize, usize)):
