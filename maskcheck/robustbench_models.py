@@ -133,15 +133,30 @@ def _alias_autoattack() -> None:
 
 
 def _refuse_code(path: Path) -> None:
-    """Open the checkpoint with the weights-only unpickler first: a file carrying code never runs."""
+    """Open the checkpoint with the weights-only unpickler first: a file carrying code never runs.
+
+    Through the model files' guards first (regular file, size cap, the strict zip reader with
+    the unpacked cap checked before inflating, so a deflate bomb costs nothing; tensors checked):
+    RobustBench then reads the same file, which the strict reader found unambiguous.
+    """
+    import io
+
+    from .guard import check_tensors, read_model_bytes, read_zip, rebuild_zip
+    from .limits import DEFAULT_MAX_UNPACKED_BYTES
+
+    data = read_model_bytes(path)
+    entries = read_zip(data, str(path), DEFAULT_MAX_UNPACKED_BYTES)
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(rebuild_zip(entries) if entries is not None else data), map_location="cpu",
+                         weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(f"{path} is not plain weights (torch.load with weights_only=True refused it: "
                          f"{' '.join(str(exc).split())[:120]}); maskcheck does not unpickle RobustBench files.") from None
     except Exception as exc:  # noqa: BLE001 - the weights-only unpickler runs no code; any failure is a bad file
         raise InputError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}). "
                          "Was the download cut short? Delete it and fetch it again.") from None
+    check_tensors(obj, str(path), DEFAULT_MAX_UNPACKED_BYTES)
+    del obj
 
 
 __all__ = ["checkpoint_path", "is_robustbench", "load_robustbench", "standard_threat"]

@@ -218,3 +218,18 @@ def test_zero_stride_tensor_in_a_state_dict_is_refused(tmp_path: Path, capsys: p
     code, err = _main(["audit", str(path), *AUDIT, "--arch", "small-cnn"], capsys)
     assert code == EXIT_USAGE
     _one_error(err, "strides")
+
+
+def test_deflate_bomb_rb_checkpoint_is_refused_before_inflating(tmp_path: Path) -> None:
+    from maskcheck.errors import LimitError
+    from maskcheck.robustbench_models import _refuse_code
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ckpt/data.pkl", _tsave({"w": torch.zeros(2)})[:0] or b"\x80\x02}q\x00.")
+        z.writestr("ckpt/data/0", bytes(128 * 1024**2))  # 128 MiB of zeros in ~130 kB
+    path = tmp_path / "rb.pt"
+    path.write_bytes(out.getvalue())
+    assert path.stat().st_size < 1024**2
+    with pytest.raises(LimitError, match="deflate bomb"):
+        _refuse_code(path)
