@@ -15,7 +15,7 @@ import typer
 from . import __version__
 from .errors import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, MaskcheckError
 from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, DEFAULT_TIMEOUT_PER_BATCH, GIB
-from .validate import check_out_path
+from .validate import check_out_folder, check_out_path
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
@@ -66,6 +66,14 @@ def _train_settings(**values: object) -> dict:
     """CLI overrides shared by `train` and `train-sweep` (None = the dataset's default)."""
     from .config import parse_eps
 
+    import math
+
+    for flag, key, low, strict in (("--lr", "lr", 0.0, True), ("--weight-decay", "weight_decay", 0.0, False),
+                                   ("--beta", "beta", 0.0, False), ("--tau", "tau", 0.0, True),
+                                   ("--teacher-acc", "teacher_acc", 0.0, True)):
+        value = values.get(key)
+        if value is not None and not (math.isfinite(value) and (value > low if strict else value >= low)):
+            raise MaskcheckError(f"{flag} must be a finite number {'>' if strict else '>='} {low:g}; got {value}.")
     eps = values.pop("eps")
     step = values.pop("attack_step_size")
     return {**values, "eps": parse_eps(eps) if eps is not None else None,
@@ -101,6 +109,7 @@ def train_cmd(
     compile_model: bool = typer.Option(False, "--compile", help="Train with torch.compile (faster steps after a compile of about a minute; GPU)."),
 ) -> None:
     """Train one model into a run folder (resumes from RUN/last.ckpt; works under torchrun)."""
+    _check_seed(seed)
     from .training import make_config, train_run
 
     settings = _train_settings(arch=arch, epochs=epochs, eps=eps, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -108,6 +117,7 @@ def train_cmd(
                                beta=beta, max_train=max_train, tau=tau, awp=awp, inner=inner)
     cfg = make_config(method, dataset, preset=preset, temperature=temperature, seed=seed, **settings)
     run_dir = out or Path("runs") / f"{dataset}-{cfg.name}"
+    check_out_folder(run_dir, "--out")  # before training, which may take hours (an existing file is refused)
     record = train_run(cfg, run_dir, device=device, teacher_dir=teacher, data_dir=data_dir, progress=progress, log=info,
                        compile=compile_model)
     m = record["metrics"]
@@ -158,8 +168,11 @@ def train_sweep_cmd(
     from .sweep import SWEEP_METHODS, hold_sweep_lock, parse_arms, parse_seeds, run_sweep
     from .training import PRESETS
 
+    _check_seed(seed)
     temp_list = parse_temps(temps)
     seed_list = parse_seeds(seeds) if seeds is not None else None
+    for s in seed_list or []:
+        _check_seed(s, "--seeds")
     arm_list = parse_arms(arms)
     method_list = parse_name_list(methods, SWEEP_METHODS, "--methods")
     if audit_n <= 0:
@@ -172,6 +185,9 @@ def train_sweep_cmd(
         settings = {**PRESETS[preset], **{k: v for k, v in settings.items() if v is not None}}
     slurm_cfg = _launcher_config(launcher, slurm, slurm_config, wait)
     sweep_dir = out or Path("runs") / f"sweep-{dataset}"
+    check_out_folder(sweep_dir, "--out")
+    if report_out is not None:
+        check_out_path(report_out, "--report-out")
     hold_sweep_lock(sweep_dir)  # for training, audits and report; released when this process exits
     if slurm_cfg is not None:
         from .launch import slurm_sweep
@@ -204,6 +220,14 @@ def train_sweep_cmd(
         from .report import render_report
 
         typer.echo(str(render_report([sweep_dir], report_out or sweep_dir / "report.html")))
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy take seeds in [0, 2**64); one bit kept for int64 records
+
+
+def _check_seed(seed: int | None, flag: str = "--seed") -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise MaskcheckError(f"{flag} must be an integer in 0..2**63-1; got {seed}.")
 
 
 def _launcher_config(launcher: str, flags: list[str], config_file: Optional[Path], wait: bool) -> "SlurmConfig | None":
@@ -246,6 +270,7 @@ def select_temperature_cmd(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> None:
     """LTD's two-step temperature search (paper Sec. 4.2); prints and saves the curve and the chosen T."""
+    _check_seed(seed)
     from .config import parse_temps
     from .temperature import select_temperature
 
@@ -314,6 +339,7 @@ def audit_cmd(
     from .errors import LimitError
     from .robustbench_models import is_robustbench, load_robustbench, standard_threat
 
+    _check_seed(seed)
     if n <= 0:
         raise MaskcheckError(f"--n must be a positive number of points; got {n}.")
     if norm is not None and norm not in ("linf", "l2"):
@@ -451,7 +477,8 @@ def report_cmd(
     if out is None:
         first_dir = next((p for p in inputs if p.is_dir()), None)
         out = first_dir / "report.html" if first_dir is not None else Path("report.html")
-    for path in (out, out.with_suffix(".csv"), out.with_suffix(".md")):
+    for path in (out, out.with_suffix(".csv"), out.with_suffix(".md"), out.with_suffix(".seeds.csv"),
+                 out.with_suffix(".seeds.md")):
         check_out_path(path, "--out")
     typer.echo(render_report(inputs, out))
 

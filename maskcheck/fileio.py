@@ -37,10 +37,51 @@ _UMASK = _current_umask()
 def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool = True) -> Path:
     """Call `write(fileobj)` on a temp file next to `path`, then rename it over `path`.
 
-    An OS error (disk full, `path` is a folder, permissions) becomes an `InputError` naming the
-    path; whatever the failure, the temp file is removed and an existing `path` is left as it was.
+    An existing `path` that is not a regular file (a device, FIFO, socket, or a link to one) is
+    refused, never replaced. An OS error (disk full, the folder replaced mid-run, permissions)
+    becomes an `InputError` naming the path; the temp file is removed and an existing `path` is
+    left as it was. The finished result is not lost: it is written again to a fallback file in
+    the working folder (`fallback_path`), and the error says where.
     """
     path = Path(path)
+    if os.path.lexists(path) and not path.is_file() and not path.is_dir():
+        raise InputError(f"{path} exists and is not a regular file (a device, FIFO or socket?); refused to replace it. "
+                         "Choose another output path.")
+    try:
+        return _write_replace(path, write, binary)
+    except InputError as exc:
+        kept = _write_fallback(path, write, binary)
+        if kept is None:
+            raise
+        raise InputError(f"{exc} The finished result is kept in {kept}.") from None
+
+
+def fallback_path(path: Path) -> Path:
+    """Where a result goes when its own path cannot be written: the working folder (or $MASKCHECK_UNSAVED_DIR),
+    under a name that says so."""
+    folder = Path(os.environ.get("MASKCHECK_UNSAVED_DIR") or Path.cwd())
+    return folder / f"maskcheck-unsaved-{os.getpid()}-{path.name}"
+
+
+def _write_fallback(path: Path, write: Callable[[Any], None], binary: bool) -> Path | None:
+    target = fallback_path(path)
+    if target.resolve() == path.resolve():
+        return None
+    try:
+        with open(target, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        return target
+    except OSError:
+        try:
+            target.unlink()
+        except OSError:
+            pass
+        return None
+
+
+def _write_replace(path: Path, write: Callable[[Any], None], binary: bool) -> Path:
     _check_writable(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,6 +93,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if os.path.lexists(path) and not path.is_file() and not path.is_dir():  # swapped in while we wrote
+            raise InputError(f"{path} became a non-regular file while maskcheck wrote it; refused to replace it.")
         os.replace(tmp, path)
     except BaseException as exc:
         try:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -238,10 +239,42 @@ def read_sweep(sweep_dir: Path, version: int = 1) -> dict[str, Any]:
 
 
 def csv_cell(value: Any) -> Any:
-    """A string cell that a spreadsheet would run as a formula (= + - @, tab, CR) gets a leading quote."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
+    """A string cell that a spreadsheet would run as a formula (= + - @, tab, CR) gets a leading quote.
+
+    A lone "-" (unknown) and plain numbers ("-1.5") run nothing and stay as they are.
+    """
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") and value != "-":
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
     return value
+
+
+def md_cell(value: Any) -> Any:
+    """A Markdown table cell: HTML escaped (renderers pass raw HTML through), no cell-splitting `|`, no
+    line breaks, no link brackets; non-strings unchanged."""
+    if not isinstance(value, str):
+        return value
+    text = html.escape(" ".join(value.split()))
+    for ch in "\\|[]`":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def csv_text(frame: Any) -> str:
+    """Every CSV the report writes: a pandas frame with each string cell (and header) neutralised."""
+    out = frame.map(csv_cell)
+    out.columns = [csv_cell(str(c)) for c in out.columns]
+    return out.to_csv(index=False)
+
+
+def markdown_text(frame: Any) -> str:
+    """Every Markdown table the report writes: each string cell (and header) escaped by `md_cell`."""
+    out = frame.map(md_cell)
+    out.columns = [md_cell(str(c)) for c in out.columns]
+    return out.to_markdown(index=False)
 
 
 def check_out_path(path: Path, option: str) -> None:
@@ -252,6 +285,9 @@ def check_out_path(path: Path, option: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file path.")
+    if path.exists() and not path.is_file():  # a device, FIFO or socket (or a link to one) is never replaced
+        raise InputError(f"{option} {path} exists and is not a regular file (a device, FIFO or socket?); "
+                         f"choose another {option}.")
     parent = path.parent
     while not parent.exists():
         if parent == parent.parent:

@@ -27,3 +27,5 @@ def _no_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     """Nothing may download at test time: point the default data dir at an empty folder."""
     monkeypatch.setenv("MASKCHECK_DATA_DIR", str(tmp_path_factory.mktemp("no-data")))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # results that could not be written go to this folder, not into the checkout (fileio.fallback_path)
+    monkeypatch.setenv("MASKCHECK_UNSAVED_DIR", str(tmp_path_factory.mktemp("unsaved")))

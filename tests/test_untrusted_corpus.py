@@ -226,7 +226,7 @@ def test_deflate_bomb_rb_checkpoint_is_refused_before_inflating(tmp_path: Path) 
 
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("ckpt/data.pkl", _tsave({"w": torch.zeros(2)})[:0] or b"\x80\x02}q\x00.")
+        z.writestr("ckpt/data.pkl", b"\x80\x02}q\x00.")  # an empty dict
         z.writestr("ckpt/data/0", bytes(128 * 1024**2))  # 128 MiB of zeros in ~130 kB
     path = tmp_path / "rb.pt"
     path.write_bytes(out.getvalue())

@@ -8,7 +8,6 @@ that anyone can write, and must never become markup.
 
 from __future__ import annotations
 
-import html
 import math
 import numbers
 import os
@@ -23,7 +22,7 @@ from .. import __version__
 from ..errors import InputError
 from ..fileio import atomic_write_text
 from ..results import CheckResult
-from ..validate import csv_cell
+from ..validate import csv_text, markdown_text
 from . import plots, seeds
 from .headline import headline
 from .loader import ModelEntry, ReportInputs, load_inputs, matrix_table, sort_key
@@ -43,7 +42,7 @@ def render_report(inputs: list[Path], out: Path) -> Path:
     write_tables(table, out)
     summary = seeds.seed_summary(table)
     if (summary["seeds"] > 1).any():  # the seed table beside the matrix: OUT.seeds.csv / OUT.seeds.md
-        atomic_write_text(out.with_suffix(".seeds.csv"), summary.to_csv(index=False))
+        atomic_write_text(out.with_suffix(".seeds.csv"), csv_text(summary))
         atomic_write_text(out.with_suffix(".seeds.md"), seeds.summary_markdown(summary) + "\n")
     atomic_write_text(out, render_html(data, table, out))
     return out
@@ -55,7 +54,7 @@ def write_tables(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
     Model names come from files anyone can write: CSV cells that a spreadsheet would run as a
     formula get a leading quote, and the Markdown escapes HTML (Markdown renderers pass it through).
     """
-    csv = atomic_write_text(out.with_suffix(".csv"), table.map(csv_cell).to_csv(index=False))
+    csv = atomic_write_text(out.with_suffix(".csv"), csv_text(table))
     md = atomic_write_text(out.with_suffix(".md"), markdown_table(table) + "\n")
     return csv, md
 
@@ -70,9 +69,9 @@ def markdown_table(table: pd.DataFrame) -> str:
         shown["seed"] = shown["seed"].map(lambda v: "-" if v is None or math.isnan(v) else f"{v:.0f}")
     shown["temperature"] = shown["temperature"].map(lambda t: "-" if t is None or math.isnan(t) else f"{t:g}")
     shown["audit_missing"] = shown["audit_missing"].map(lambda m: "yes" if m else "")
-    for col in ("method", "name", "verdict", "flagged_checks"):  # HTML is escaped; a "|" would split the cell
-        shown[col] = shown[col].map(lambda v: html.escape(str(v)).replace("|", r"\|"))
-    return shown.to_markdown(index=False)
+    for col in ("method", "name", "verdict", "flagged_checks"):
+        shown[col] = shown[col].map(str)
+    return markdown_text(shown)  # HTML escaped, no "|" splitting a cell (validate.md_cell)
 
 
 def pct(x: Any) -> str:

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..validate import markdown_text
 from .loader import MASKED
 
 SUMMARY_COLUMNS = ("method", "temperature", "group", "seeds", "clean_acc", "pgd-ce", "worst-case", "worst-case min",
@@ -76,6 +77,4 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         shown[col] = shown[col].map(pct)
     shown["vs reference"] = shown["vs reference"].map(lambda v: "-" if math.isnan(v) else f"{100 * v:+.1f} pp")
     shown["temperature"] = shown["temperature"].map(lambda t: "-" if math.isnan(t) else f"{t:g}")
-    for col in ("method", "group"):
-        shown[col] = shown[col].str.replace("|", r"\|", regex=False)
-    return shown.to_markdown(index=False)
+    return markdown_text(shown)  # one Markdown writer for all: every string cell escaped
