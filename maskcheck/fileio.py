@@ -186,7 +186,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     path = Path(path)
     data = _read_regular(path, what, MAX_JSON_BYTES)
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+        obj = json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise InputError(f"{what} {path} is not valid UTF-8 JSON ({exc.reason}). Was it truncated? Regenerate it.") from None
     except json.JSONDecodeError as exc:
@@ -194,4 +194,22 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     except ValueError as exc:  # from the two hooks above
         raise InputError(f"{what} {path} holds a non-finite number ({exc}); regenerate it.") from None
     except RecursionError:
-        raise InputError(f"{what} {path} nests too deeply to be a maskcheck JSON file.") from None
+        obj = None
+    if obj is None and data.strip() != b"null" or _depth_over(obj, MAX_JSON_DEPTH):
+        raise InputError(f"{what} {path} nests deeper than {MAX_JSON_DEPTH} levels; that is no maskcheck JSON file.")
+    return obj
+
+
+MAX_JSON_DEPTH = 64  # ours: maskcheck writes at most 6 levels; deep nesting only breaks recursive readers
+
+
+def _depth_over(obj: Any, limit: int) -> bool:
+    """True when `obj` nests lists/objects more than `limit` deep (iterative: no recursion to exhaust)."""
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False

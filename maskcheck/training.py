@@ -450,6 +450,9 @@ def load_last(run_dir: Path, state: TrainState) -> bool:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt checkpoint: torch raises several types
         raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}); delete it to restart the run.") from None
+    if not isinstance(obj, dict) or not {"model", "optimizer", "epoch", "history"} <= obj.keys():
+        raise InputError(f"{path} is not a maskcheck training checkpoint (got {type(obj).__name__}); delete it to "
+                         "restart the run.")
     if obj.get("config") != state.cfg.to_dict():
         raise InputError(f"{path} belongs to a run with other settings; delete {run_dir} or choose another --out.")
     state.model.load_state_dict(obj["model"])

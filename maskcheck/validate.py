@@ -86,6 +86,14 @@ def _bool(v: Any) -> bool:
     return isinstance(v, bool)
 
 
+PLOT_FIELDS = {"kind", "title", "series", "x", "labels", "xlabel", "ylabel", "log_x", "log_y"}
+PLOT_MAX_ABS = 1e30  # ours: plots hold accuracies, losses and logit norms; 1.7e308 overflows matplotlib's ranges
+
+
+def _plot_num(v: Any) -> bool:
+    return v is None or (_num(v) and abs(v) <= PLOT_MAX_ABS)
+
+
 def _all_finite(v: Any) -> bool:
     if isinstance(v, float):
         return math.isfinite(v)
@@ -139,9 +147,23 @@ def validate_audit(obj: Any, source: str) -> None:
         cf.need("duration_s", "a finite number", _num, optional=True)
         for j, p in enumerate(cf.need("plots", "a list of plots", lambda v: isinstance(v, list), optional=True) or []):
             pf = _Fields(p, source, f"checks[{i}].plots[{j}].")
-            pf.need("kind", "a plot kind", _str)  # the numbers inside are checked when drawn (plots.PlotError)
+            unknown = sorted(set(p) - PLOT_FIELDS)
+            if unknown:
+                raise InputError(f"{source}: checks[{i}].plots[{j}] has the unknown field {unknown[0][:40]!r}; "
+                                 "regenerate the file with maskcheck.")
+            pf.need("kind", "a plot kind", _str)
             pf.need("title", "a string", _str)
-            pf.need("series", "an object", lambda v: isinstance(v, dict))
+            series = pf.need("series", "an object of number lists", lambda v: isinstance(v, dict)
+                             and all(isinstance(s, list) and all(map(_plot_num, s)) for s in v.values()))
+            pf.need("x", "a list of numbers or null", _opt(lambda v: isinstance(v, list) and all(map(_plot_num, v))),
+                    optional=True)
+            pf.need("labels", "a list of strings or null", _opt(lambda v: isinstance(v, list) and all(map(_str, v))),
+                    optional=True)
+            for key in ("xlabel", "ylabel"):
+                pf.need(key, "a string", _str, optional=True)
+            for key in ("log_x", "log_y"):
+                pf.need(key, "true or false", _bool, optional=True)
+            del series
     timings = f.sub("timings", optional=True)
     for k in (timings.obj if timings else {}):
         timings.need(k, "a finite number of seconds", _num)
@@ -187,6 +209,14 @@ def validate_run(obj: Any, source: str, version: int) -> None:
         metrics.need("clean_acc", "a fraction in [0, 1] or null", _opt(_frac), optional=True)
         metrics.need("pgd_acc", "a fraction in [0, 1] or null", _opt(_frac), optional=True)
         metrics.need("train_seconds", "a finite number or null", _opt(_num), optional=True)
+        metrics.need("train_acc_eval", "a fraction in [0, 1] or null", _opt(_frac), optional=True)
+        history = metrics.need("history", "a list of epoch records", lambda v: isinstance(v, list), optional=True)
+        for i, h in enumerate(history or []):  # the report and the sweep read the last epochs' accuracies
+            hf = _Fields(h, source, f"metrics.history[{i}].")
+            for key in ("train_acc", "train_robust_acc", "clean_acc", "pgd_acc"):
+                hf.need(key, "a fraction in [0, 1] or null", _opt(_frac), optional=True)
+            for key in ("loss", "seconds"):
+                hf.need(key, "a finite number or null", _opt(_num), optional=True)
 
 
 def validate_sweep(obj: Any, source: str, version: int, folder: Path | None = None) -> None:

@@ -262,7 +262,7 @@ def _check_view(c: CheckResult, model: str) -> dict[str, Any]:
     for p in c.plots:
         try:
             uri = plots.draw_plot(p)
-        except plots.PlotError as exc:
+        except (plots.PlotError, ValueError, TypeError, OverflowError) as exc:  # numbers from a file: one line
             raise InputError(f"model {model!r}, check {c.check!r}, plot {p.title!r}: {exc}. Rerun the audit.") from None
         figures.append({"title": p.title, "uri": uri, "kind": p.kind})
     return {
