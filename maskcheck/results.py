@@ -7,7 +7,7 @@ fractions in [0, 1], times are seconds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,7 +46,8 @@ class PlotData:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PlotData":
-        return cls(**d)
+        known = {f.name for f in fields(cls)}  # fields of a newer version are ignored (ARCHITECTURE.md, "Schema versions")
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,6 @@ def _bool(v: Any) -> bool:
     return isinstance(v, bool)
 
 
-PLOT_FIELDS = {"kind", "title", "series", "x", "labels", "xlabel", "ylabel", "log_x", "log_y"}
 PLOT_MAX_ABS = 1e30  # ours: plots hold accuracies, losses and logit norms; 1.7e308 overflows matplotlib's ranges
 
 
@@ -147,10 +146,6 @@ def validate_audit(obj: Any, source: str) -> None:
         cf.need("duration_s", "a finite number", _num, optional=True)
         for j, p in enumerate(cf.need("plots", "a list of plots", lambda v: isinstance(v, list), optional=True) or []):
             pf = _Fields(p, source, f"checks[{i}].plots[{j}].")
-            unknown = sorted(set(p) - PLOT_FIELDS)
-            if unknown:
-                raise InputError(f"{source}: checks[{i}].plots[{j}] has the unknown field {unknown[0][:40]!r}; "
-                                 "regenerate the file with maskcheck.")
             pf.need("kind", "a plot kind", _str)
             pf.need("title", "a string", _str)
             series = pf.need("series", "an object of number lists", lambda v: isinstance(v, dict)
