@@ -208,9 +208,7 @@ def validate_run(obj: Any, source: str, version: int) -> None:
         history = metrics.need("history", "a list of epoch records", lambda v: isinstance(v, list), optional=True)
         for i, h in enumerate(history or []):  # the report and the sweep read the last epochs' accuracies
             hf = _Fields(h, source, f"metrics.history[{i}].")
-            for key in ("train_acc", "train_robust_acc", "clean_acc", "pgd_acc"):
-                hf.need(key, "a fraction in [0, 1] or null", _opt(_frac), optional=True)
-            for key in ("loss", "seconds"):
+            for key in ("train_acc", "train_robust_acc", "clean_acc", "pgd_acc", "loss", "seconds"):
                 hf.need(key, "a finite number or null", _opt(_num), optional=True)
 
 
