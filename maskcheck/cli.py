@@ -273,7 +273,7 @@ def audit_cmd(
     checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated checks to run (default: all)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Audit JSON (default: MODEL/audit.json for a run folder, else audit.json)."),
     fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit 1 when the verdict is 'masked' (same as --fail-on masked)."),
-    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 at this grade or worse: masked, or warn (also 'attack-sensitive')."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 at this grade or worse: masked, or warn (any grade but 'no masking detected': attack-sensitive, inconclusive, masked)."),
     eot: Optional[int] = typer.Option(None, "--eot", help="EOT draws per gradient and prediction (default: 20 if the model is randomised, else 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every attack's randomness."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -372,7 +372,9 @@ def audit_cmd(
     acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.robust_acc.items())
     info(f"clean {100 * result.clean_acc:.1f}%; robust: {acc}")
     typer.echo(f"{result.verdict.text} ({path})")
-    strict = fail_on in ("warn", "attack-sensitive") and result.verdict.grade != "no masking detected"
+    from .results import NO_MASKING
+
+    strict = fail_on in ("warn", "attack-sensitive") and result.verdict.grade != NO_MASKING  # inconclusive fails too
     if strict or ((fail_on_flag or fail_on == "masked") and result.verdict.flagged):
         raise typer.Exit(1)
 
