@@ -217,3 +217,37 @@ def test_an_unbounded_attack_breaks_a_noisy_model(seed: int) -> None:
     check = result.check("unbounded-attack")
     assert "EOT over 20 draws" in result.verdict.text and not check.flagged, check.summary
     assert check.evidence["unbroken_after_pgd"] == 0, check.evidence
+
+
+def test_loss_disagreement_closes_only_within_the_binomial_tolerance() -> None:
+    """Issue 22: "closes" accepted a residual of half the gap. 40 of 200 points broken by the margin side
+    only, 15 of them (7.5 pp, significant) left by CE at every rescaling, confident softmax, no
+    saturation: a gap that survives every rescaling, FAIL (it was a WARN: 15 <= 40 / 2 "closed")."""
+    from types import SimpleNamespace
+
+    from maskcheck.attacks import Battery
+
+    n, bat = 200, Battery.standard(20)
+    ce = torch.ones(n, dtype=torch.bool)
+    margin = ce.clone()
+    margin[:40] = False
+    rerun = torch.ones(n, dtype=torch.bool)
+    rerun[15:40] = False  # CE on rescaled logits finds 25 of the 40, leaves 15
+    table = {bat.pgd_ce: ce, bat.apgd_ce: ce, bat.pgd_margin: margin, bat.apgd_dlr: margin}
+
+    def correct(spec):
+        return table.get(spec, rerun)
+
+    x = torch.rand(n, 4)
+    lin = torch.nn.Linear(4, 3)
+    logits = torch.tensor([[4.0, 0.0, 0.0]]).repeat(n, 1)  # top-1 probability 0.96, margin 4 < 17
+    ctx = SimpleNamespace(battery=bat, n=n, correct=correct, outcome=lambda spec, points=None: SimpleNamespace(correct=rerun),
+                          clean_logits=logits, attack_model=lin, x=x, y=torch.zeros(n, dtype=torch.long), batch_size=500,
+                          device=torch.device("cpu"), eps=0.1, norm="linf", seed=0, eot=1)
+    check = make_check("loss-disagreement")
+    assert len(check.follow_up(ctx)) == 2 * len(check.scales)  # the reruns are declared
+    res = check.evaluate(ctx)
+    assert res.severity is Severity.FAIL and res.mechanism == check.mechanism
+    # within tolerance: CE leaves 4 of 200 (2 pp): closes under x10 -> flat softmax WARN
+    rerun[4:40] = False
+    assert make_check("loss-disagreement").evaluate(ctx).severity is Severity.WARN
