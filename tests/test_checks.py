@@ -251,3 +251,28 @@ def test_loss_disagreement_closes_only_within_the_binomial_tolerance() -> None:
     # within tolerance: CE leaves 4 of 200 (2 pp): closes under x10 -> flat softmax WARN
     rerun[4:40] = False
     assert make_check("loss-disagreement").evaluate(ctx).severity is Severity.WARN
+
+
+def test_distortion_sweep_has_its_own_verdict_below_the_audit_eps() -> None:
+    """Issue 22: masking confined beyond a small radius: PGD at eps/4 breaks 30 of 100 points, at the audit
+    eps and above only 5 (then all at the largest, so 'above chance' cannot fire): named as such."""
+    from types import SimpleNamespace
+
+    from maskcheck.attacks import Battery
+
+    n, eps, bat = 100, 0.1, Battery.standard(20)
+    check = make_check("distortion-sweep")
+    grid = check._grid(eps, "linf")
+    table = {}
+    for e in grid:
+        c = torch.ones(n, dtype=torch.bool)
+        c[: 30 if e < eps / 2 else 100 if e >= 0.5 else 5] = False
+        table[check._spec(bat, e, eps)] = c
+    ctx = SimpleNamespace(battery=bat, n=n, eps=eps, norm="linf", num_classes=10, seed=0, eot=1,
+                          correct=lambda spec: table[spec])
+    res = check.evaluate(ctx)
+    assert res.severity is Severity.FAIL and res.mechanism == "masking beyond a small radius"
+    assert res.evidence["below_eps_rise_between"] == [grid[0], eps]
+    for e in grid:  # a falling curve: nothing to name
+        table[check._spec(bat, e, eps)] = torch.arange(n) >= min(100, int(1000 * e))
+    assert check.evaluate(ctx).severity is Severity.OK
