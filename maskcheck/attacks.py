@@ -350,12 +350,6 @@ def _scored(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> AttackRes
         return AttackResult(x_adv=x_adv, correct=model(x_adv).argmax(1) == y)
 
 
-def _spec_seed(spec: AttackSpec, env: AttackEnv) -> int:
-    from .config import derived_seed
-
-    return derived_seed(env.seed, f"{spec.kind}-{spec.loss}-{spec.steps}")
-
-
 @adapter("pgd")
 def _pgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """PGD that drops a point once broken, except on a randomised model (env.eot > 1).

@@ -472,7 +472,7 @@ def _robust_acc(runner: AuditRunner) -> dict[str, float]:
 POINTS_SAMPLE = "seeded random sample"
 
 
-def _points(splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor], n: int,
+def audit_points(splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor], n: int,
             seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The audited points and how they were chosen (audit.json `points`).
 
@@ -555,7 +555,7 @@ def run_audit(
         dataset = splits_or_xy.info.name
     if k is None:
         raise InputError("num_classes is required when auditing a bare module on (x, y) tensors.")
-    x, y, points = _points(splits_or_xy, config.n, config.seed)
+    x, y, points = audit_points(splits_or_xy, config.n, config.seed)
     model = model.to(dev).eval()
     x, y = x.to(dev).float(), y.to(dev).long()
     if dev.type == "cuda" and x.ndim == 4:

@@ -355,13 +355,18 @@ def audit_cmd(
         rb_eps, rb_norm = standard_threat(threat)
         given_eps, norm = (rb_eps if given_eps is None else given_eps), norm or rb_norm
     eps_value, norm = run_threat(loaded, given_eps, norm)
+    points = None
     if data is not None:
         x, y = load_points(data, loaded.info, n)
-    else:
-        x, y = load_dataset(loaded.info.name, data_dir).heldout_tensors(n)
+    else:  # a sample of the held-out split seeded by --seed, as run_audit and the sweep draw it (issue 22)
+        from .auditing import audit_points
+
+        x, y, points = audit_points(load_dataset(loaded.info.name, data_dir), n, seed)
     result = run_api_audit(loaded, x, y, eps=eps_value, norm=norm, checks=names, seed=seed, eot=eot,
                            square_queries=square_queries, autoattack_standard=autoattack_standard, device=dev,
                            progress=not quiet)
+    if points is not None:
+        result.points = points
     if getattr(guarded, "timed_out", None):  # a check may have caught the error and gone on: the audit is void
         raise LimitError(guarded.timed_out)
     if data is not None:

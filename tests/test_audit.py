@@ -297,7 +297,7 @@ def test_a_two_class_collapsed_model_is_inconclusive_and_fail_on_warn_fails_it()
 
 def test_audit_points_are_a_seeded_random_sample_recorded_in_the_json() -> None:
     """Issue 22: the first n held-out points let a model behave specially on them."""
-    from maskcheck.auditing import _points
+    from maskcheck.auditing import audit_points as _points
 
     splits = digits()
     x0, y0, p0 = _points(splits, 50, seed=0)

@@ -119,6 +119,8 @@ def test_an_inconclusive_audit_fails_fail_on_warn_only(tmp_path, capsys) -> None
     run = save_run(tmp_path / "dead", model, record)
     args = [str(run), "--n", "60", "--quiet", "--checks", "logit-magnitude", "--out", str(tmp_path / "a.json")]
     assert _main([*args, "--fail-on", "masked"]) == 0
-    assert json.loads((tmp_path / "a.json").read_text())["verdict"]["grade"] == "inconclusive"
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["verdict"]["grade"] == "inconclusive"
+    assert data["points"]["selection"] == "seeded random sample" and len(data["points"]["indices"]) == 60  # not the first 60
     assert "inconclusive: degenerate model" in capsys.readouterr().out
     assert _main([*args, "--fail-on", "warn"]) == 1
