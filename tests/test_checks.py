@@ -296,7 +296,8 @@ def test_autoattack_flags_says_when_eot_had_not_converged() -> None:
     ctx = SimpleNamespace(battery=bat, n=n, eot=20, grad_ok=True, randomness=probe, x=torch.zeros(n, 4), model=torch.nn.Identity(),
                           eps=0.1, norm="linf", seed=0)
     ctx.correct = lambda spec: more if spec == check._eot_spec(ctx) else k_draws
-    assert check.follow_up(ctx) == (bat.pgd_ce, check._eot_spec(ctx)) and check._eot_spec(ctx).eot == 80
+    assert check.follow_up(ctx) == (check._eot_spec(ctx),) and check._eot_spec(ctx).eot == 80
+    assert check._eot_spec(ctx).after == (bat.pgd_ce,)  # only the points K draws left standing
     res = check.evaluate(ctx)
     assert res.flagged and "EOT not converged" in res.mechanism and "randomness (gradient mode only)" in res.mechanism
     assert res.evidence["eot_extra_breaks"] == 30

@@ -49,7 +49,8 @@ class AutoAttackFlags(Check):
     only there = "randomness (gradient mode only)"; deterministic in both but different =
     "inference/gradient forward mismatch" (a defense that changes when differentiated; every
     accuracy is scored by the inference forward regardless). With EOT on (K draws), PGD-CE
-    reruns with `eot_factor` x K draws from the same seed: significantly more breaks (exact
+    reruns with `eot_factor` x K draws from the same seed on the points K draws left standing:
+    significantly more breaks (exact
     binomial, `eot_null_rate`, `eot_min_gap`, `alpha`, ours) = "EOT not converged", and the
     worst case takes the stronger figure. Reference: Croce & Hein 2020, AutoAttack checks.py and
     flags_doc.md; Athalye et al. 2018 (EOT); Tramer et al. 2020 (EOT convergence).
@@ -68,11 +69,13 @@ class AutoAttackFlags(Check):
     def _eot_spec(self, ctx):
         from ..attacks import AttackSpec
 
-        return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=self.eot_factor * ctx.eot)
+        # on the points K draws left standing (its outcome is cumulative: broken by either), from PGD-CE's seed
+        return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=self.eot_factor * ctx.eot, after=(ctx.battery.pgd_ce,))
 
     def follow_up(self, ctx):
-        """EOT convergence: PGD-CE again with `eot_factor` times the draws (same seed), when EOT is on."""
-        return (ctx.battery.pgd_ce, self._eot_spec(ctx)) if ctx.eot > 1 and ctx.grad_ok else ()
+        """EOT convergence: PGD-CE again with `eot_factor` times the draws (same seed) on the points PGD-CE
+        with K draws left standing, when EOT is on."""
+        return (self._eot_spec(ctx),) if ctx.eot > 1 and ctx.grad_ok else ()
 
     def _eot_convergence(self, ctx, ev: dict) -> tuple[str, str] | None:
         """(mechanism, sentence) when K-draw EOT had not converged: 4K draws break significantly more points."""
