@@ -259,6 +259,8 @@ class AttackSpec:
     queries: int = 0  # Square: queries (0 = the audit's --square-queries); noise: draws per point
     max_points: int | None = None  # attack at most this many standing points (noise sampling)
     white_box: bool = True  # counts in the audit's "white-box" figure (at the audit's eps)
+    eot: int | None = None  # draws per gradient and per prediction (None = the audit's)
+    points: tuple[int, ...] | None = None  # attack exactly these audited points (a rerun on a subset), not `after`'s survivors
 
     @property
     def depth(self) -> int:
@@ -266,10 +268,8 @@ class AttackSpec:
 
     @property
     def cost(self) -> float:
-        """A rough relative cost (forward-backward passes per point) for ordering the plan."""
-        per = {"fgsm": 1, "pgd": self.steps, "apgd": self.steps, "apgd-t": 9 * self.steps, "fab-t": 9 * self.steps * 2,
-               "square": self.queries or 5000, "noise": self.queries / 10, "fmn": self.steps}
-        return per.get(self.kind, self.steps) * self.restarts
+        """A rough relative cost (forward-backward passes per point) for ordering the plan: the adapter's own."""
+        return ADAPTERS[self.kind].cost(self) if self.kind in ADAPTERS else float(self.steps * self.restarts)
 
 
 @dataclass(frozen=True)
@@ -285,13 +285,47 @@ class AttackEnv:
     device: torch.device
 
 
-Adapter = Callable[[AttackSpec, nn.Module, torch.Tensor, torch.Tensor, AttackEnv, torch.Generator], AttackResult]
+AdapterFn = Callable[[AttackSpec, nn.Module, torch.Tensor, torch.Tensor, AttackEnv, torch.Generator], AttackResult]
+
+
+def _default_cost(spec: AttackSpec) -> float:
+    return float(spec.steps * spec.restarts)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A registered attack and the facts the audit runner needs about it (issue 25: facts on the class that owns them).
+
+    uses_gradients: it differentiates the model, so it cannot run (and its checks skip) when the
+    input has no gradient path. own_eot: it handles randomness itself (pyautoattack's `eot_iter`,
+    or a gradient-free attack) and gets the bare model; else it differentiates the EOT-averaged
+    model when the audit uses EOT. rescored: its `x_adv` is the point it found, and the runner
+    scores it with the one inference forward every accuracy uses (eval mode, no gradients);
+    False only for an attack that returns no point (noise: `x_adv` is x, success is foolbox's
+    no-grad verdict). cost: forward-backward passes per point, for ordering the plan.
+    """
+
+    kind: str
+    fn: AdapterFn
+    uses_gradients: bool = True
+    own_eot: bool = False
+    rescored: bool = True
+    cost: Callable[[AttackSpec], float] = _default_cost
+
+    def __call__(self, spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv,
+                 gen: torch.Generator) -> AttackResult:
+        return self.fn(spec, model, x, y, env, gen)
+
+
 ADAPTERS: dict[str, Adapter] = {}
 
 
-def adapter(kind: str) -> Callable[[Adapter], Adapter]:
-    def register(fn: Adapter) -> Adapter:
-        ADAPTERS[kind] = fn
+def adapter(kind: str, *, uses_gradients: bool = True, own_eot: bool = False, rescored: bool = True,
+            cost: Callable[[AttackSpec], float] = _default_cost) -> Callable[[AdapterFn], AdapterFn]:
+    """Register an attack under `kind` with its facts (defaults: a gradient attack the audit wraps in EOT,
+    costing steps x restarts passes per point). Returns the function unchanged."""
+    def register(fn: AdapterFn) -> AdapterFn:
+        ADAPTERS[kind] = Adapter(kind, fn, uses_gradients, own_eot, rescored, cost)
         return fn
     return register
 
@@ -316,12 +350,6 @@ def _scored(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> AttackRes
         return AttackResult(x_adv=x_adv, correct=model(x_adv).argmax(1) == y)
 
 
-def _spec_seed(spec: AttackSpec, env: AttackEnv) -> int:
-    from .config import derived_seed
-
-    return derived_seed(env.seed, f"{spec.kind}-{spec.loss}-{spec.steps}")
-
-
 @adapter("pgd")
 def _pgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """PGD that drops a point once broken, except on a randomised model (env.eot > 1).
@@ -336,12 +364,12 @@ def _pgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
                generator=gen, record=spec.record, stop_when_broken=env.eot == 1)
 
 
-@adapter("fgsm")
+@adapter("fgsm", cost=lambda s: 1.0)
 def _fgsm(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     return fgsm(model, x, y, eps=spec.eps or env.eps, norm=env.norm, loss=spec.loss)
 
 
-@adapter("apgd")
+@adapter("apgd", own_eot=True)
 def _apgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """pyautoattack's untargeted APGD with loss 'ce' or 'dlr' (Croce & Hein 2020)."""
     from pyautoattack.autopgd_base import APGDAttack
@@ -354,7 +382,7 @@ def _apgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return _scored(model, a.perturb(x, y), y)
 
 
-@adapter("apgd-t")
+@adapter("apgd-t", own_eot=True, cost=lambda s: 9.0 * s.steps * s.restarts)
 def _apgd_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """Targeted APGD-DLR, 9 target classes as AutoAttack standard (needs > 3 classes)."""
     from pyautoattack.autopgd_base import APGDAttack_targeted
@@ -369,7 +397,7 @@ def _apgd_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     return _scored(model, a.perturb(x, y), y)
 
 
-@adapter("fab-t")
+@adapter("fab-t", own_eot=True, cost=lambda s: 18.0 * s.steps * s.restarts)
 def _fab_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """Targeted FAB with AutoAttack standard's settings (autoattack.py: n_target_classes 9, 100 it., 1 restart)."""
     from pyautoattack.fab_pt import FABAttack_PT
@@ -384,7 +412,7 @@ def _fab_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return _scored(model, a.perturb(x, y), y)
 
 
-@adapter("square")
+@adapter("square", uses_gradients=False, own_eot=True, cost=lambda s: float(s.queries or 5000) * s.restarts)
 def _square(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """Square (black-box, Andriushchenko et al. 2020) with AutoAttack standard's p_init 0.8."""
     from pyautoattack.square import SquareAttack
@@ -400,7 +428,7 @@ def _square(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor
 NOISE_TILE = 10  # noise draws per point per forward pass (fewer, larger batches for foolbox)
 
 
-@adapter("noise")
+@adapter("noise", uses_gradients=False, own_eot=True, rescored=False, cost=lambda s: s.queries / 10 * s.restarts)
 def _noise(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """foolbox's repeated additive uniform noise, `spec.queries` draws per point (batched `NOISE_TILE` at a time)."""
     import foolbox as fb

@@ -19,12 +19,13 @@ AMP is deliberately not used here: saturation checks need float32 logits and gra
 
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -34,7 +35,7 @@ from . import attacks
 from .attacks import AttackEnv, AttackSpec, Battery
 from .checkpoint import LoadedModel
 from .checks import REGISTRY, make_check
-from .config import (EOT_AUTO_DRAWS, AuditConfig, ThreatModel, generator_for, parse_name_list, provenance,
+from .config import (EOT_AUTO_DRAWS, AuditConfig, ThreatModel, derived_seed, generator_for, parse_name_list, provenance,
                      resolve_device, seed_everything)
 from .data import Splits
 from .errors import InputError
@@ -42,8 +43,8 @@ from .results import AuditResult, CheckResult, Verdict
 
 DEFAULT_SQUARE_QUERIES = 5000  # AutoAttack standard (autoattack.py: SquareAttack n_queries=5000)
 APGD_ITERS = 100  # AutoAttack standard, 1 restart for APGD-CE (autoattack.py _set_version)
-GRADIENT_KINDS = ("pgd", "fgsm", "apgd", "apgd-t", "fab-t", "fmn")
-OWN_KINDS = ("pgd", "fgsm", "fmn")  # differentiate `attack_model` (EOT-wrapped); pyautoattack does its own EOT
+RANDOMNESS_PROBE_POINTS, RANDOMNESS_PROBE_PASSES, RANDOMNESS_TOL = 250, 5, 1e-4  # AutoAttack checks.check_randomized
+MAX_PLAN_PHASES = 3  # needs, then follow-ups of what ran, then follow-ups of those (ours)
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,36 @@ class Outcome:
         return float(self.correct.float().mean())
 
 
-class AuditContext:
-    """The model, the audited points, the probes and every attack outcome, each computed once.
+def _normalized_diff(outs: Sequence[torch.Tensor]) -> float:
+    """AutoAttack's randomness measure: the largest L2 distance between L2-normalised outputs of two passes."""
+    normed = [o / (o.norm(dim=1, keepdim=True) + 1e-10) for o in outs]
+    return max((float((a - b).norm(dim=1).max()) for i, a in enumerate(normed) for b in normed[i + 1:]), default=0.0)
 
-    Checks read it (`correct(spec)`, `outcome(spec)`, `clean_logits`, `randomness`, ...) and
-    never change it. Tensors of outcomes live on the CPU over all `n` audited points.
+
+def degenerate_reason(pred: torch.Tensor, y: torch.Tensor) -> str | None:
+    """Why a model's predictions over the audited points make an audit inconclusive (None: they do not).
+
+    One predicted class over points of several classes, or two over points of five or more
+    (ours): a collapsed or nearly collapsed network. Its accuracy is those classes' share and
+    an attack cannot lower it where they win everywhere, so unbroken points and zero gradients
+    are the function's own, not masking, and there is no robustness claim to be illusory.
+    """
+    k_pred, k_true = int(pred.unique().numel()), int(y.unique().numel())
+    if len(pred) > 1 and (k_pred == 1 < k_true or k_pred == 2 and k_true >= 5):
+        return (f"degenerate model: it predicts {k_pred} class{'es' if k_pred > 1 else ''} for all {len(pred)} points "
+                f"of {k_true} classes (a collapsed network); nothing to mask, its accuracy is those classes' share")
+    return None
+
+
+class AuditRunner:
+    """Runs the plan: batching, timing, progress, EOT, and the one inference forward that scores everything.
+
+    It owns the outcomes; checks never see it (they get an `AuditContext`). Every accuracy of an
+    audit, clean and robust, is scored by `score`: the model in eval mode under `torch.no_grad`,
+    majority over `eot` draws on a randomised model. An attack's own verdict (PGD's, taken from a
+    forward with gradients enabled) is never used, so a model that behaves differently when
+    differentiated is judged by what it predicts (issue 22: TRADES with noise only under grad).
+    Tensors of outcomes live on the CPU over all `n` audited points.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, config: AuditConfig,
@@ -95,52 +121,65 @@ class AuditContext:
     def gen(self, name: str) -> torch.Generator:
         return generator_for(self.seed, name, self.device)
 
-    def standing(self, correct: torch.Tensor) -> torch.Tensor:
-        return correct.nonzero().flatten()
-
     # ------------------------------------------------------------------ probes
     @cached_property
     def randomness(self) -> dict[str, Any]:
         """AutoAttack's randomness rule (checks.check_randomized): 5 no-grad passes on the first 250
-        points; random when the number correct changes or L2-normalised outputs differ by > 1e-4."""
-        x, y = self.x[:250], self.y[:250]
-        with torch.no_grad():
-            outs = [self.model(x).float() for _ in range(5)]
-        correct = [int((o.argmax(1) == y).sum()) for o in outs]
-        normed = [o / (o.norm(dim=1, keepdim=True) + 1e-10) for o in outs]
-        diff = max((float((a - b).norm(dim=1).max()) for i, a in enumerate(normed) for b in normed[i + 1:]), default=0.0)
-        return {"correct_per_pass": correct, "max_normalized_output_diff": diff,
-                "randomized": len(set(correct)) > 1 or diff > 1e-4, "first_output": outs[0]}
+        points; random when the number correct changes or L2-normalised outputs differ by > 1e-4.
 
-    @cached_property
-    def predicts_one_class(self) -> bool:
-        """True when the model predicts the same class for every audited point although the points
-        hold several classes: a collapsed or dead network (the calibration suite's PGD-AT seeds on
-        digits and MNIST). Its accuracy is that class's share, and an attack cannot lower it where
-        the class wins on every input, so unbroken points and zero gradients are the function's own,
-        not masking; there is no robustness claim to be illusory (ours)."""
-        pred = self.clean_logits.argmax(1)
-        return len(pred) > 1 and self.y.unique().numel() > 1 and pred.unique().numel() == 1
+        The same 5 passes again with gradients enabled (the forward every gradient attack sees): a
+        model random only there (`randomized_grad`) gets EOT too, and a gradient-mode forward that
+        differs from the inference one beyond the same tolerance (`grad_mismatch`) is reported.
+        """
+        x, y = self.x[:RANDOMNESS_PROBE_POINTS], self.y[:RANDOMNESS_PROBE_POINTS]
+        with torch.no_grad():
+            outs = [self.model(x).float() for _ in range(RANDOMNESS_PROBE_PASSES)]
+        try:
+            with torch.enable_grad():
+                xg = x.detach().clone().requires_grad_(True)
+                grad_outs = [self.model(xg).float().detach() for _ in range(RANDOMNESS_PROBE_PASSES)]
+        except RuntimeError:  # a forward that cannot run on a tensor requiring grad: gradient-health reports it
+            grad_outs = outs[:1]
+        correct = [int((o.argmax(1) == y).sum()) for o in outs]
+        correct_grad = [int((o.argmax(1) == y).sum()) for o in grad_outs]
+        diff, diff_grad = _normalized_diff(outs), _normalized_diff(grad_outs)
+        randomized = len(set(correct)) > 1 or diff > RANDOMNESS_TOL
+        randomized_grad = len(set(correct_grad)) > 1 or diff_grad > RANDOMNESS_TOL
+        mismatch = _normalized_diff([outs[0], grad_outs[0]])
+        return {"correct_per_pass": correct, "max_normalized_output_diff": diff, "randomized": randomized,
+                "correct_per_grad_pass": correct_grad, "max_normalized_output_diff_grad": diff_grad,
+                "randomized_grad": randomized_grad, "inference_grad_output_diff": mismatch,
+                "grad_mismatch": not randomized and not randomized_grad and mismatch > RANDOMNESS_TOL,
+                "first_output": outs[0]}
 
     @cached_property
     def eot(self) -> int:
-        """Draws per gradient and per prediction: the configured number, else 20 on a randomised model."""
+        """Draws per gradient and per prediction: the configured number, else 20 on a model random in
+        either forward (inference or gradient mode)."""
         if self.config.eot is not None:
             return self.config.eot
-        return EOT_AUTO_DRAWS if self.randomness["randomized"] else 1
+        probe = self.randomness
+        return EOT_AUTO_DRAWS if probe["randomized"] or probe["randomized_grad"] else 1
 
-    @cached_property
-    def attack_model(self) -> nn.Module:
-        """The model own gradient attacks differentiate: EOT-averaged when eot > 1."""
-        return attacks.EOT(self.model, self.eot).eval() if self.eot > 1 else self.model
+    def attack_model(self, draws: int | None = None) -> nn.Module:
+        """The model own gradient attacks differentiate: EOT-averaged over `draws` (default `eot`) when > 1."""
+        k = self.eot if draws is None else draws
+        return attacks.EOT(self.model, k).eval() if k > 1 else self.model
 
-    def score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Still correct at x: one forward, or the majority over `eot` draws (ties count as broken)."""
-        with torch.no_grad():
-            if self.eot == 1:
-                return self.model(x).argmax(1) == y
-            votes = sum((self.model(x).argmax(1) == y).int() for _ in range(self.eot))
-            return 2 * votes > self.eot
+    def score(self, x: torch.Tensor, y: torch.Tensor, draws: int | None = None) -> torch.Tensor:
+        """Still correct at x by the inference forward (eval mode, no gradients): one forward, or the
+        majority over `draws` (default `eot`) draws (ties count as broken)."""
+        k = self.eot if draws is None else draws
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                if k == 1:
+                    return self.model(x).argmax(1) == y
+                votes = sum((self.model(x).argmax(1) == y).int() for _ in range(k))
+                return 2 * votes > k
+        finally:
+            self.model.train(was_training)
 
     @cached_property
     def clean_logits(self) -> torch.Tensor:
@@ -153,6 +192,11 @@ class AuditContext:
             return self.clean_logits.argmax(1) == self.y.cpu()
         return torch.cat([self.score(self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]).cpu()
                           for i in range(0, self.n, self.batch_size)])
+
+    @cached_property
+    def degenerate(self) -> str | None:
+        """`degenerate_reason` over the clean predictions (None for a model with a real spread of classes)."""
+        return degenerate_reason(self.clean_logits.argmax(1), self.y.cpu())
 
     @cached_property
     def gradient_error(self) -> str | None:
@@ -169,9 +213,123 @@ class AuditContext:
         return self.gradient_error is None
 
     # ------------------------------------------------------------------ attack outcomes
+    def env(self, draws: int) -> AttackEnv:
+        return AttackEnv(self.eps, self.norm, self.num_classes, self.seed, draws, self.square_queries, self.device)
+
+    def prior(self, after: Sequence[AttackSpec]) -> torch.Tensor:
+        """Points still correct after every run in `after` (clean-correct points when empty)."""
+        c = self.clean_correct.clone()
+        for spec in after:
+            c &= self.outcomes[spec].correct
+        return c
+
+    def run(self, spec: AttackSpec) -> Outcome:
+        """Run `spec` once (on the points standing after `spec.after`, or on `spec.points`) and keep its outcome."""
+        if spec in self.outcomes:
+            return self.outcomes[spec]
+        for a in spec.after:
+            self.run(a)
+        prior = self.prior(spec.after)
+        idx = self.standing(prior) if spec.points is None else torch.tensor(spec.points, dtype=torch.long)
+        if spec.max_points is not None:
+            idx = idx[: spec.max_points]
+        correct, histories = prior.clone(), []
+        name = spec_name(spec, self.config.apgd_iters)
+        adapter = attacks.ADAPTERS[spec.kind]
+        if len(idx) and (self.grad_ok or not adapter.uses_gradients):
+            draws = spec.eot or self.eot
+            # a rescaled or restricted rerun draws from the same seed as the run it repeats
+            # (and an EOT rerun with more draws from the same seed: a paired comparison)
+            gen = self.gen(spec_name(replace(spec, logit_scale=1.0, points=None, eot=None)))
+            env, model = self.env(draws), self.model if adapter.own_eot else self.attack_model(draws)
+            bs = max(1, self.batch_size * self.eot // draws)  # more draws, smaller batches: the same memory
+            with self.timed(name), self.bar(name, len(idx)) as bar:
+                for i in range(0, len(idx), bs):
+                    b = idx[i: i + bs]
+                    xb, yb = self.x[b.to(self.device)], self.y[b.to(self.device)]
+                    r = attacks.run_spec(spec, model, xb, yb, env, gen)
+                    c = self.score(r.x_adv, yb, draws) if adapter.rescored else r.correct
+                    correct[b] = c.bool().cpu()
+                    if r.loss_history is not None:
+                        histories.append(r.loss_history.cpu())
+                    bar.update(len(b))
+        out = Outcome(correct, idx, torch.cat(histories, 1) if histories else None)
+        self.outcomes[spec] = out
+        return out
+
+    @staticmethod
+    def standing(correct: torch.Tensor) -> torch.Tensor:
+        return correct.nonzero().flatten()
+
+    def run_plan(self, plan: Sequence[AttackSpec]) -> None:
+        for spec in plan:
+            self.run(spec)
+
+
+class AuditContext:
+    """What a check sees: the model, the audited points, the probes and the outcomes of the attacks
+    it declared (`Check.needs`, `Check.follow_up`), read-only.
+
+    Reading an outcome the check did not declare is an error: every attack an audit runs is in
+    its plan. `run` is the model's run.json (training-phase-gap reads its history), or None.
+    """
+
+    def __init__(self, runner: AuditRunner, run: Mapping[str, Any] | None = None) -> None:
+        self._runner = runner
+        self.run = run
+
+    # the audit's settings and points
+    model = property(lambda self: self._runner.model)
+    x = property(lambda self: self._runner.x)
+    y = property(lambda self: self._runner.y)
+    n = property(lambda self: self._runner.n)
+    config = property(lambda self: self._runner.config)
+    eps = property(lambda self: self._runner.eps)
+    norm = property(lambda self: self._runner.norm)
+    seed = property(lambda self: self._runner.seed)
+    num_classes = property(lambda self: self._runner.num_classes)
+    batch_size = property(lambda self: self._runner.batch_size)
+    device = property(lambda self: self._runner.device)
+    battery = property(lambda self: self._runner.battery)
+    square_queries = property(lambda self: self._runner.square_queries)
+    # the probes
+    randomness = property(lambda self: self._runner.randomness)
+    eot = property(lambda self: self._runner.eot)
+    clean_logits = property(lambda self: self._runner.clean_logits)
+    clean_correct = property(lambda self: self._runner.clean_correct)
+    gradient_error = property(lambda self: self._runner.gradient_error)
+    grad_ok = property(lambda self: self._runner.grad_ok)
+    degenerate = property(lambda self: self._runner.degenerate)
+
     @property
-    def env(self) -> AttackEnv:
-        return AttackEnv(self.eps, self.norm, self.num_classes, self.seed, self.eot, self.square_queries, self.device)
+    def predicts_one_class(self) -> bool:
+        """Kept for checks written before `degenerate`: True when the model is degenerate (one or two classes)."""
+        return self.degenerate is not None
+
+    @property
+    def attack_model(self) -> nn.Module:
+        """The model gradient probes differentiate: EOT-averaged over the audit's draws when > 1."""
+        return self._runner.attack_model()
+
+    def timed(self, name: str) -> Any:
+        """Time a check's own computation (e.g. gradient-health's gradients) under `name` in the timings."""
+        return self._runner.timed(name)
+
+    def gen(self, name: str) -> torch.Generator:
+        return self._runner.gen(name)
+
+    def has(self, spec: AttackSpec) -> bool:
+        return spec in self._runner.outcomes
+
+    def outcome(self, spec: AttackSpec) -> Outcome:
+        try:
+            return self._runner.outcomes[spec]
+        except KeyError:
+            raise RuntimeError(f"attack {spec_name(spec)} did not run: declare it in the check's needs() or "
+                               "follow_up()") from None
+
+    def correct(self, spec: AttackSpec) -> torch.Tensor:
+        return self.outcome(spec).correct
 
     def prior(self, after: Sequence[AttackSpec]) -> torch.Tensor:
         """Points still correct after every run in `after` (clean-correct points when empty)."""
@@ -180,46 +338,10 @@ class AuditContext:
             c &= self.correct(spec)
         return c
 
-    def correct(self, spec: AttackSpec) -> torch.Tensor:
-        return self.outcome(spec).correct
-
-    def outcome(self, spec: AttackSpec, points: torch.Tensor | None = None) -> Outcome:
-        """Run `spec` once (on the points standing after `spec.after`, or on `points`) and keep its outcome."""
-        if points is None and spec in self.outcomes:
-            return self.outcomes[spec]
-        prior = self.prior(spec.after)
-        idx = self.standing(prior) if points is None else points.cpu()
-        if spec.max_points is not None:
-            idx = idx[: spec.max_points]
-        correct, histories = prior.clone(), []
-        name = spec_name(spec, self.config.apgd_iters)
-        if len(idx) and (self.grad_ok or spec.kind not in GRADIENT_KINDS):
-            # a rescaled rerun draws from the same seed as the run it repeats
-            gen, env = self.gen(spec_name(replace(spec, logit_scale=1.0))), self.env
-            model = self.attack_model if spec.kind in OWN_KINDS else self.model
-            with self.timed(name), self.bar(name, len(idx)) as bar:
-                for i in range(0, len(idx), self.batch_size):
-                    b = idx[i: i + self.batch_size]
-                    xb, yb = self.x[b.to(self.device)], self.y[b.to(self.device)]
-                    r = attacks.run_spec(spec, model, xb, yb, env, gen)
-                    c = r.correct if self.eot == 1 or spec.kind == "noise" else self.score(r.x_adv, yb)
-                    correct[b] = c.bool().cpu()
-                    if r.loss_history is not None:
-                        histories.append(r.loss_history.cpu())
-                    bar.update(len(b))
-        out = Outcome(correct, idx, torch.cat(histories, 1) if histories else None)
-        if points is None:
-            self.outcomes[spec] = out
-        return out
-
     @property
     def white_box(self) -> torch.Tensor:
         """Per-example worst case over the battery's white-box attacks at the audit's eps."""
         return self.prior(self.battery.white_box)
-
-    def run_plan(self, plan: Sequence[AttackSpec]) -> None:
-        for spec in plan:
-            self.outcome(spec)
 
 
 def spec_name(spec: AttackSpec, apgd_iters: int = APGD_ITERS) -> str:
@@ -235,6 +357,8 @@ def spec_name(spec: AttackSpec, apgd_iters: int = APGD_ITERS) -> str:
         name += f"-x{spec.steps // attacks.PGD_STEPS}" if spec.steps % attacks.PGD_STEPS == 0 else f"-{spec.steps}"
     if spec.logit_scale != 1.0:
         name += f"*{spec.logit_scale:g}"
+    if spec.eot is not None:
+        name += f"-eot{spec.eot}"
     return name
 
 
@@ -252,7 +376,31 @@ def build_plan(battery: Sequence[Any], cfg: AuditConfig, bat: Battery) -> list[A
             add(spec)
     if bat.square in seen and cfg.autoattack_standard:  # AutoAttack standard's battery is then one FAB-T away (robust_acc "autoattack-standard")
         add(bat.fab_t)
+    return order_plan(seen)
+
+
+def order_plan(specs: Iterable[AttackSpec]) -> list[AttackSpec]:
+    """Specs with every prerequisite, each once, ordered by depth then cost (cheap first, as AutoAttack)."""
+    seen: dict[AttackSpec, None] = {}
+
+    def add(spec: AttackSpec) -> None:
+        for a in spec.after:
+            add(a)
+        seen.setdefault(spec, None)
+
+    for spec in specs:
+        add(spec)
     return sorted(seen, key=lambda s: (s.depth, s.cost))
+
+
+def run_follow_ups(checks: Sequence[Any], runner: AuditRunner, ctx: "AuditContext") -> None:
+    """The later planning phases: attacks the checks declare from what already ran (`Check.follow_ups`),
+    run until no check asks for anything new (at most `MAX_PLAN_PHASES` - 1 rounds)."""
+    for _ in range(MAX_PLAN_PHASES - 1):
+        new = [s for c in checks for s in c.follow_ups(ctx) if s not in runner.outcomes]
+        if not new:
+            return
+        runner.run_plan(order_plan(new))
 
 
 # ---------------------------------------------------------------------- validation
@@ -298,21 +446,22 @@ def _headline(results: list[CheckResult]) -> str:
     return max(gaps, key=lambda g: g[0])[1] if gaps else ""
 
 
-def _robust_acc(ctx: AuditContext) -> dict[str, float]:
+def _robust_acc(runner: AuditRunner) -> dict[str, float]:
     """ARCHITECTURE.md keys over what ran: one per labelled attack, `white-box` (all white-box attacks),
-    `worst-case` (every attack at the audit's eps), `autoattack-standard` (AutoAttack standard's four)."""
-    ran = ctx.outcomes
-    bat = ctx.battery
+    `worst-case` (every attack at the audit's eps, whichever check or phase declared it: the number
+    to quote), `autoattack-standard` (AutoAttack standard's four)."""
+    ran = runner.outcomes
+    bat = runner.battery
     at_eps = [s for s in ran if s.eps is None and s.logit_scale == 1.0]
     if not at_eps:
         return {}
     out: dict[str, float] = {}
     if all(s in ran for s in bat.white_box):
-        out["white-box"] = float(ctx.white_box.float().mean())
-    worst = ctx.prior(at_eps)
+        out["white-box"] = float(runner.prior(bat.white_box).float().mean())
+    worst = runner.prior(at_eps)
     out["worst-case"] = float(worst.float().mean())
     if all(s in ran for s in bat.autoattack_standard):
-        out["autoattack-standard"] = float(ctx.prior(bat.autoattack_standard).float().mean())
+        out["autoattack-standard"] = float(runner.prior(bat.autoattack_standard).float().mean())
     for s in at_eps:
         if s.label:
             out[s.label] = ran[s].acc
@@ -320,11 +469,35 @@ def _robust_acc(ctx: AuditContext) -> dict[str, float]:
     return {**{k: out[k] for k in order if k in out}, **{k: v for k, v in out.items() if k not in order}}
 
 
-def _points(splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+POINTS_SAMPLE = "seeded random sample"
+
+
+def audit_points(splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor], n: int,
+            seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The audited points and how they were chosen (audit.json `points`).
+
+    From a held-out split: a random sample of `n` points drawn with the audit's seed (sorted
+    indices), so a model cannot behave specially on a fixed first n (issue 22); the whole split
+    when n covers it. Points the caller passes are theirs: the first n, as given.
+    """
     if isinstance(splits_or_xy, Splits):
-        return splits_or_xy.heldout_tensors(n)
-    x, y = splits_or_xy
-    return x[:n], y[:n]
+        x, y = splits_or_xy.heldout_tensors()
+        total = len(y)
+        if n < total:
+            g = torch.Generator().manual_seed(derived_seed(seed, "audit-points"))
+            idx = torch.randperm(total, generator=g)[:n].sort().values
+            x, y = x[idx], y[idx]
+        else:
+            idx = torch.arange(total)
+        how = {"source": "heldout", "selection": POINTS_SAMPLE if n < total else "all", "seed": seed, "of": total}
+    else:
+        x, y = splits_or_xy
+        total = len(y)
+        idx = torch.arange(min(n, total))
+        x, y = x[:n], y[:n]
+        how = {"source": "given", "selection": "first n", "seed": None, "of": total}
+    digest = hashlib.sha256(idx.numpy().astype("<i8").tobytes()).hexdigest()[:16]
+    return x, y, {**how, "indices_sha256": digest, "indices": idx.tolist()}
 
 
 def audit_config(*, eps: float, norm: str = "linf", n: int = 1000, checks: str | Sequence[str] | None = None,
@@ -354,7 +527,7 @@ def run_audit(
     num_classes: int | None = None,
     **settings: Any,
 ) -> AuditResult:
-    """Audit a model for gradient masking on the first `config.n` held-out points.
+    """Audit a model for gradient masking on `config.n` held-out points (a sample seeded by `config.seed`).
 
     Pass an `AuditConfig`, or its settings as keywords (see `audit_config`: eps, norm, n, checks,
     seed, eot, square_queries, overrides, batch_size, apgd_iters), e.g.
@@ -382,7 +555,7 @@ def run_audit(
         dataset = splits_or_xy.info.name
     if k is None:
         raise InputError("num_classes is required when auditing a bare module on (x, y) tensors.")
-    x, y = _points(splits_or_xy, config.n)
+    x, y, points = audit_points(splits_or_xy, config.n, config.seed)
     model = model.to(dev).eval()
     x, y = x.to(dev).float(), y.to(dev).long()
     if dev.type == "cuda" and x.ndim == 4:
@@ -391,29 +564,31 @@ def run_audit(
 
     seed_everything(config.seed)
     t0 = time.perf_counter()
-    ctx = AuditContext(model, x, y, num_classes=k, config=config, progress=progress)
-    ctx.run = loaded_model.run if isinstance(loaded_model, LoadedModel) else None  # run.json, for training-phase-gap
-    ctx.run_plan(build_plan(battery, config, ctx.battery))
+    runner = AuditRunner(model, x, y, num_classes=k, config=config, progress=progress)
+    ctx = AuditContext(runner, loaded_model.run if isinstance(loaded_model, LoadedModel) else None)
+    runner.run_plan(build_plan(battery, config, runner.battery))
+    run_follow_ups(battery, runner, ctx)
     results = []
     for check in tqdm(battery, desc="checks", unit="check", disable=not progress, leave=False):
         c0 = time.perf_counter()
         res = check.run(ctx)
         results.append(CheckResult(**{**res.__dict__, "duration_s": round(time.perf_counter() - c0, 4)}))
-    robust = _robust_acc(ctx)
-    timings = {**{f"attack:{k}": round(v, 4) for k, v in ctx.timings.items()},
+    robust = _robust_acc(runner)
+    timings = {**{f"attack:{k}": round(v, 4) for k, v in runner.timings.items()},
                **{f"check:{c.check}": c.duration_s for c in results}, "total": round(time.perf_counter() - t0, 4)}
     notes: tuple[str, ...] = ()
-    if ctx.eot > 1:
-        why = "the model is randomised" if ctx.randomness["randomized"] else "as asked"
-        notes = (f"EOT over {ctx.eot} draws ({why}); correctness by majority over the draws",)
-    if ctx.predicts_one_class:
-        notes += (f"degenerate model: it predicts one class for all {ctx.n} points (a collapsed network); nothing to mask, "
-                  "its accuracy is that class's share",)
+    if runner.eot > 1:
+        probe = runner.randomness
+        why = ("the model is randomised" if probe["randomized"] else
+               "the model is randomised when gradients are enabled" if probe["randomized_grad"] else "as asked")
+        notes = (f"EOT over {runner.eot} draws ({why}); correctness by majority over the draws",)
+    if runner.degenerate:
+        notes += (runner.degenerate,)
     return AuditResult(
         model=meta, dataset=dataset, threat=config.threat.to_dict(), n=len(y),
-        clean_acc=float(ctx.clean_correct.float().mean()), robust_acc=robust, checks=results,
-        verdict=Verdict.from_checks(results, _headline(results), robust, notes), provenance=provenance(dev, config.seed),
-        timings=timings, config=config.to_dict(),
+        clean_acc=float(runner.clean_correct.float().mean()), robust_acc=robust, checks=results,
+        verdict=Verdict.from_checks(results, _headline(results), robust, notes, inconclusive=runner.degenerate),
+        provenance=provenance(dev, config.seed), timings=timings, config=config.to_dict(), points=points,
     )
 
 

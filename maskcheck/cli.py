@@ -299,7 +299,7 @@ def audit_cmd(
     checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated checks to run (default: all)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Audit JSON (default: MODEL/audit.json for a run folder, else audit.json)."),
     fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit 1 when the verdict is 'masked' (same as --fail-on masked)."),
-    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 at this grade or worse: masked, or warn (also 'attack-sensitive')."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 at this grade or worse: masked, or warn (any grade but 'no masking detected': attack-sensitive, inconclusive, masked)."),
     eot: Optional[int] = typer.Option(None, "--eot", help="EOT draws per gradient and prediction (default: 20 if the model is randomised, else 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every attack's randomness."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -382,14 +382,19 @@ def audit_cmd(
         rb_eps, rb_norm = standard_threat(threat)
         given_eps, norm = (rb_eps if given_eps is None else given_eps), norm or rb_norm
     eps_value, norm = run_threat(loaded, given_eps, norm)
+    points = None
     if data is not None:
         x, y = load_points(data, loaded.info, n, max_file_bytes=int(max_file_gib * GIB),
                            max_unpacked_bytes=int(max_unpacked_gib * GIB))  # the model's limits, shared
-    else:
-        x, y = load_dataset(loaded.info.name, data_dir).heldout_tensors(n)
+    else:  # a sample of the held-out split seeded by --seed, as run_audit and the sweep draw it (issue 22)
+        from .auditing import audit_points
+
+        x, y, points = audit_points(load_dataset(loaded.info.name, data_dir), n, seed)
     result = run_api_audit(loaded, x, y, eps=eps_value, norm=norm, checks=names, seed=seed, eot=eot,
                            square_queries=square_queries, autoattack_standard=autoattack_standard, device=dev,
                            progress=not quiet)
+    if points is not None:
+        result.points = points
     if getattr(guarded, "timed_out", None):  # a check may have caught the error and gone on: the audit is void
         raise LimitError(guarded.timed_out)
     if data is not None:
@@ -400,7 +405,9 @@ def audit_cmd(
     acc = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.robust_acc.items())
     info(f"clean {100 * result.clean_acc:.1f}%; robust: {acc}")
     typer.echo(f"{result.verdict.text} ({path})")
-    strict = fail_on in ("warn", "attack-sensitive") and result.verdict.grade != "no masking detected"
+    from .results import NO_MASKING
+
+    strict = fail_on in ("warn", "attack-sensitive") and result.verdict.grade != NO_MASKING  # inconclusive fails too
     if strict or ((fail_on_flag or fail_on == "masked") and result.verdict.flagged):
         raise typer.Exit(1)
 

@@ -50,7 +50,8 @@ class AuditConfig:
     """Every setting that changes an audit's numbers; stored in audit.json `config`.
 
     A sweep re-audits a model when its stored config differs from the one asked for. `eot`
-    None means automatic: 20 draws when the model is found randomised, else 1 (`EOT_AUTO_DRAWS`).
+    None means automatic: 20 draws when the model is found randomised (without or with gradients
+    enabled), else 1 (`EOT_AUTO_DRAWS`).
     `checks` None means every registered check; `overrides` maps a check to threshold overrides.
     """
 

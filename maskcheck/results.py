@@ -77,8 +77,8 @@ class CheckResult:
         return cls(**d)
 
 
-MASKED, ATTACK_SENSITIVE, NO_MASKING = "masked", "attack-sensitive", "no masking detected"
-GRADES = (MASKED, ATTACK_SENSITIVE, NO_MASKING)
+MASKED, INCONCLUSIVE, ATTACK_SENSITIVE, NO_MASKING = "masked", "inconclusive", "attack-sensitive", "no masking detected"
+GRADES = (MASKED, INCONCLUSIVE, ATTACK_SENSITIVE, NO_MASKING)  # worst first: `--fail-on warn` fails on all but the last
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ class Verdict:
       mechanisms are named (e.g. "saturated softmax", "vanishing gradients").
     - `attack-sensitive`: no FAIL but some check WARNed: gradients work, but the usual attack
       (PGD-CE) understates the attack surface; quote the stronger attack's number (`quote`).
+    - `inconclusive`: no FAIL, but the model is degenerate on the audited points (it predicts one
+      class, or two of five or more): a collapsed network whose unbroken points and zero gradients
+      are its own; the audit cannot tell masking from collapse, so it makes no claim either way.
     - `no masking detected`: every check ran clean. Never "robust": passing is not a proof.
     `flagged` is exactly `grade == "masked"` (what --fail-on-flag and `maskcheck regress` use).
     """
@@ -108,7 +111,8 @@ class Verdict:
 
     @classmethod
     def from_checks(cls, checks: list[CheckResult], headline: str = "", robust_acc: Mapping[str, float] | None = None,
-                    notes: tuple[str, ...] = ()) -> "Verdict":
+                    notes: tuple[str, ...] = (), inconclusive: str | None = None) -> "Verdict":
+        """Grade the checks' results; `inconclusive` is why the model is degenerate (None when it is not)."""
         ran = [c for c in checks if c.severity is not Severity.SKIPPED]
         flagged = [c for c in ran if c.flagged]
         warned = [c for c in ran if c.severity is Severity.WARN]
@@ -123,6 +127,8 @@ class Verdict:
             mechanisms = tuple(dict.fromkeys(c.mechanism or c.check for c in flagged))
             text = "masked: " + ", ".join(mechanisms) + (f"; {headline}" if headline else "")
             return cls(True, mechanisms, text + tail, len(ran), len(flagged), MASKED, quote, notes)
+        if inconclusive:
+            return cls(False, (), f"inconclusive: {inconclusive}" + tail, len(ran), 0, INCONCLUSIVE, quote, notes)
         if warned:
             mechanisms = tuple(dict.fromkeys(c.mechanism or c.check for c in warned))
             text = "attack-sensitive: " + ", ".join(mechanisms)
@@ -161,6 +167,9 @@ class AuditResult(AuditResultAPI):
     timings: Mapping[str, float] = field(default_factory=dict)
     config: Mapping[str, Any] | None = None  # the AuditConfig it ran with (config.AuditConfig.to_dict)
     schema_version: int = SCHEMA_VERSION
+    # how the audited points were chosen: source ("heldout" | "given"), selection ("seeded random sample" |
+    # "all" | "first n"), seed, of (points available), indices, indices_sha256; None in older audit JSON
+    points: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +185,7 @@ class AuditResult(AuditResultAPI):
             "checks": [c.to_dict() for c in self.checks],
             "timings": dict(self.timings),
             "config": dict(self.config) if self.config is not None else None,
+            "points": dict(self.points) if self.points is not None else None,
         }
 
     @classmethod
@@ -189,7 +199,7 @@ class AuditResult(AuditResultAPI):
                 model=d["model"], dataset=d["dataset"], threat=d["threat"], n=d["n"], clean_acc=d["clean_acc"],
                 robust_acc=d["robust_acc"], checks=[CheckResult.from_dict(c) for c in d["checks"]],
                 verdict=Verdict.from_dict(_graded(d["verdict"], d["checks"])), provenance={k: d.get(k) for k in prov_keys},
-                timings=d.get("timings", {}), config=d.get("config"), schema_version=version,
+                timings=d.get("timings", {}), config=d.get("config"), schema_version=version, points=d.get("points"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"not a maskcheck audit JSON (missing or bad field {exc}). Produce it with maskcheck audit.") from None

@@ -705,6 +705,8 @@ def audit_settings_differ(audit: dict[str, Any], threat: dict[str, Any], n: int,
         return f"n {config['n']} -> {n}"
     if stored_n != n and not (isinstance(stored_n, int) and stored_n < n and stored_n == heldout_size()):
         return f"n {stored_n} -> {n}"
+    if not isinstance(audit.get("points"), dict) and isinstance(stored_n, int) and stored_n < heldout_size():
+        return "points: the first n -> a seeded random sample"  # audit.json before issue 22 (the whole split is the same set)
     return None
 
 

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 def assert_no_masking(model: Any, x: Any, y: Any, *, eps: float | str, checks: str | Sequence[str] | None = None,
                       progress: bool = False, **kwargs: Any) -> "AuditResult":
-    """Audit `model` on (x, y) and raise `AssertionError` when any check flags gradient masking.
+    """Audit `model` on (x, y) and raise `AssertionError` when any check flags gradient masking, or
+    when the audit is inconclusive (a degenerate model predicting one or two classes: nothing is vouched for).
 
     The message names each flagged check with its one-line summary (which names the remedy).
     Other arguments are those of `maskcheck.audit` (norm, n, device, seed, ...). Returns the
@@ -26,7 +27,11 @@ def assert_no_masking(model: Any, x: Any, y: Any, *, eps: float | str, checks: s
     """
     from .api import audit
 
+    from .results import INCONCLUSIVE
+
     result = audit(model, x, y, eps=eps, checks=checks, progress=progress, **kwargs)
+    if result.verdict.grade == INCONCLUSIVE:  # a collapsed model: the audit can vouch for nothing
+        raise AssertionError(f"audit inconclusive on {result.n} points: {result.verdict.text}")
     flagged = result.flagged
     if flagged:
         lines = [f"  {c.check}: {c.summary}" for c in flagged]

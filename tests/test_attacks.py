@@ -166,3 +166,21 @@ def test_every_attack_runs_on_a_channels_last_model(kind: str) -> None:
     spec = AttackSpec(kind, "dlr" if kind in ("apgd", "apgd-t") else "ce", 3, targeted=kind.endswith("-t"), queries=20)
     r = run_spec(spec, net, x, y, env, torch.Generator().manual_seed(0))
     assert r.correct.shape == (6,) and r.correct.dtype == torch.bool
+
+
+def test_an_attack_registers_its_facts_with_the_adapter() -> None:
+    """Issue 25: whether an attack uses gradients, handles EOT itself and what it costs live on its
+    registration (no GRADIENT_KINDS / OWN_KINDS lists, no cost dict); `@adapter("x")` alone gets defaults."""
+    from maskcheck.attacks import ADAPTERS, AttackSpec, adapter
+
+    try:
+        adapter("toy")(lambda spec, model, x, y, env, gen: None)
+        adapter("toy-free", uses_gradients=False, own_eot=True, cost=lambda s: 7.0)(lambda *a: None)
+        toy, free = ADAPTERS["toy"], ADAPTERS["toy-free"]
+        assert toy.uses_gradients and not toy.own_eot and toy.rescored
+        assert AttackSpec("toy", steps=5, restarts=2).cost == 10 and AttackSpec("toy-free").cost == 7.0
+        assert not free.uses_gradients and free.own_eot
+    finally:
+        ADAPTERS.pop("toy", None), ADAPTERS.pop("toy-free", None)
+    assert not ADAPTERS["square"].uses_gradients and ADAPTERS["apgd"].own_eot and not ADAPTERS["pgd"].own_eot
+    assert not ADAPTERS["noise"].rescored  # noise returns no point: foolbox's no-grad verdict stands

@@ -86,7 +86,7 @@ def test_a_randomised_model_gets_eot_automatically_and_the_verdict_says_so() -> 
 
 def test_majority_scoring_over_draws() -> None:
     """A model right on 2 of 3 draws counts as correct; right on 1 of 3 as broken."""
-    from maskcheck.auditing import AuditContext
+    from maskcheck.auditing import AuditRunner
 
     class Flip(nn.Module):
         def __init__(self, right: int) -> None:
@@ -100,8 +100,8 @@ def test_majority_scoring_over_draws() -> None:
 
     x, y = torch.zeros(4, 1), torch.zeros(4, dtype=torch.long)
     for right, expect in ((2, True), (1, False)):
-        ctx = AuditContext(Flip(right), x, y, num_classes=2, config=audit_config(eps=0.1, eot=3), progress=False)
-        assert ctx.score(x, y).tolist() == [expect] * 4
+        runner = AuditRunner(Flip(right), x, y, num_classes=2, config=audit_config(eps=0.1, eot=3), progress=False)
+        assert runner.score(x, y).tolist() == [expect] * 4
 
 
 def test_a_check_defined_here_joins_the_audit_the_json_and_the_report(monkeypatch, tmp_path) -> None:
@@ -213,3 +213,109 @@ def test_autoattack_standard_figure_matches_pyautoattack() -> None:
         theirs = float((model(x_adv).argmax(1) == y).float().mean())
     assert 0 < theirs < float((model(x).argmax(1) == y).float().mean())  # points stand and fall: not a trivial 0 == 0
     assert abs(result.robust_acc["autoattack-standard"] - theirs) <= 1 / n + 1e-9, (result.robust_acc, theirs)
+
+
+# ---------------------------------------------------------------------- issue 22: the runner's scoring, points, grades
+
+
+class Levels(nn.Module):
+    """Three classes of constant images at grey levels 0.1, 0.5, 0.9: the nearest level wins, so every
+    point is truly robust at eps 0.05 (the boundaries lie 0.2 away). `grad_mode` says what the forward
+    does only when gradients are enabled: "noise" (large random logits, a TRADES-like model noisy only
+    when differentiated), "roll" (a deterministic different function), None (nothing)."""
+
+    levels = torch.tensor([0.1, 0.5, 0.9])
+
+    def __init__(self, grad_mode: str | None = None) -> None:
+        super().__init__()
+        self.grad_mode = grad_mode
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = -100.0 * self.w * (x.flatten(1).mean(1, keepdim=True) - self.levels) ** 2
+        if torch.is_grad_enabled() and self.grad_mode == "noise":
+            z = z + 50.0 * torch.randn_like(z)
+        if torch.is_grad_enabled() and self.grad_mode == "roll":
+            z = z.roll(1, dims=1)
+        return z
+
+
+def _levels_points(per_class: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.arange(3).repeat_interleave(per_class)
+    return Levels.levels[y].view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone(), y
+
+
+@pytest.mark.parametrize("grad_mode, mechanism", [("noise", "randomness (gradient mode only)"),
+                                                  ("roll", "inference/gradient forward mismatch")])
+def test_accuracy_is_scored_by_the_inference_forward_not_the_gradient_mode_one(grad_mode: str, mechanism: str) -> None:
+    """Issue 22: a model noisy only under grad was graded 'no masking detected' with every robust accuracy
+    at 0% (true robust 55%): PGD's own verdict came from its gradient-mode forward. Every point here is
+    truly robust, so every robust accuracy must be 100%, and the forward mismatch is flagged."""
+    x, y = _levels_points()
+    result = run_audit(Levels(grad_mode), (x, y), eps=0.05, n=30, num_classes=3, checks="autoattack-flags,loss-disagreement",
+                       seed=0, progress=False, apgd_iters=10)
+    assert result.clean_acc == 1.0
+    assert result.robust_acc["pgd-ce"] == 1.0 and result.robust_acc["worst-case"] == 1.0
+    flags = result.check("autoattack-flags")
+    assert flags.flagged and mechanism in flags.mechanism
+    if grad_mode == "noise":  # random under grad: EOT on, and its convergence rerun with 4x the draws ran
+        assert "EOT over 20 draws" in result.verdict.text
+        assert flags.evidence["eot_draws_check"] == 80 and flags.evidence["eot_extra_breaks"] == 0
+
+
+def test_a_deterministic_model_is_not_flagged_by_the_gradient_mode_probe() -> None:
+    x, y = _levels_points()
+    result = run_audit(Levels(None), (x, y), eps=0.05, n=30, num_classes=3, checks="autoattack-flags", seed=0, progress=False)
+    flags = result.check("autoattack-flags")
+    assert not flags.flagged and not flags.evidence["randomized_grad"]
+
+
+class TwoClasses(nn.Module):
+    """Predicts class 0 or 1 only (by the image's mean), whatever the label: a nearly collapsed network."""
+
+    def __init__(self, k: int = 10) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True)
+        z = torch.full((len(x), self.k), -10.0)
+        return torch.cat([10 * (0.5 - m), 10 * (m - 0.5), z[:, 2:]], 1)
+
+
+def test_a_two_class_collapsed_model_is_inconclusive_and_fail_on_warn_fails_it() -> None:
+    """Issue 22: a one-class model switched two checks off and passed; a two-class one was outside the rule."""
+    from maskcheck.results import GRADES, INCONCLUSIVE
+
+    x, y = digits().heldout_tensors(60)
+    result = run_audit(TwoClasses(), (x, y), eps=0.1, n=60, num_classes=10, checks="logit-magnitude", seed=0, progress=False)
+    assert result.verdict.grade == INCONCLUSIVE and not result.verdict.flagged
+    assert "degenerate" in result.verdict.text
+    assert GRADES.index(INCONCLUSIVE) < GRADES.index("no masking detected")  # --fail-on warn fails it (cli: grade != no masking)
+    assert AuditResult.from_dict(result.to_dict()).verdict.grade == INCONCLUSIVE
+
+
+def test_audit_points_are_a_seeded_random_sample_recorded_in_the_json() -> None:
+    """Issue 22: the first n held-out points let a model behave specially on them."""
+    from maskcheck.auditing import audit_points as _points
+
+    splits = digits()
+    x0, y0, p0 = _points(splits, 50, seed=0)
+    _, _, again = _points(splits, 50, seed=0)
+    _, _, p1 = _points(splits, 50, seed=1)
+    assert p0 == again and p0["indices"] != p1["indices"]
+    assert p0["indices"] != list(range(50)) and p0["selection"] == "seeded random sample" and len(set(p0["indices"])) == 50
+    xh, yh = splits.heldout_tensors()
+    assert torch.equal(x0, xh[p0["indices"]]) and torch.equal(y0, yh[p0["indices"]])
+    assert _points(splits, 10**6, seed=0)[2]["selection"] == "all"
+    assert _points((xh, yh), 5, seed=0)[2]["indices"] == list(range(5))  # the caller's own points: as given
+
+
+def test_reading_an_undeclared_attack_is_an_error() -> None:
+    """Issue 25: every attack a check uses is declared (needs or follow_up), none run ad hoc from evaluate."""
+    from maskcheck.auditing import AuditContext, AuditRunner
+
+    x, y = _levels_points(2)
+    runner = AuditRunner(Levels(), x, y, num_classes=3, config=audit_config(eps=0.05), progress=False)
+    with pytest.raises(RuntimeError, match="declare it"):
+        AuditContext(runner).correct(runner.battery.fgsm)

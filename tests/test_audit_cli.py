@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from controls import digits, honest_cnn
 from maskcheck import cli
@@ -102,3 +103,24 @@ def test_jobs_is_for_a_sweep_folder(tmp_path, capsys) -> None:
     run = _run_folder(tmp_path / "natural")
     assert _main([str(run), "--quiet", "--jobs", "2"]) == 2
     assert "--jobs runs a sweep folder's audits in parallel" in capsys.readouterr().err
+
+
+def test_an_inconclusive_audit_fails_fail_on_warn_only(tmp_path, capsys) -> None:
+    """Issue 22: a collapsed model (the last layer zeroed, its bias picks class 3) is graded inconclusive,
+    which `--fail-on warn` fails and `--fail-on masked` does not."""
+    model = build_model("small-cnn", digits().info)
+    sd = {**honest_cnn().state_dict(), "temperature": model.temperature}
+    last = [k for k, v in sd.items() if k.endswith("weight") and v.ndim == 2][-1]
+    sd[last] = torch.zeros_like(sd[last])
+    sd[last[: -len("weight")] + "bias"] = torch.eye(sd[last].shape[0])[3] * 5
+    model.load_state_dict(sd)
+    record = {"name": "dead", "method": "natural", "arch": "small-cnn", "dataset": "digits", "seed": 0,
+              "temperature": None, "model_temperature": 1.0, "threat": {"eps": 0.3, "norm": "linf"}}
+    run = save_run(tmp_path / "dead", model, record)
+    args = [str(run), "--n", "60", "--quiet", "--checks", "logit-magnitude", "--out", str(tmp_path / "a.json")]
+    assert _main([*args, "--fail-on", "masked"]) == 0
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["verdict"]["grade"] == "inconclusive"
+    assert data["points"]["selection"] == "seeded random sample" and len(data["points"]["indices"]) == 60  # not the first 60
+    assert "inconclusive: degenerate model" in capsys.readouterr().out
+    assert _main([*args, "--fail-on", "warn"]) == 1

@@ -422,3 +422,16 @@ def test_report_opens_in_chromium_without_errors(rendered: tuple[Path, str], tmp
     screenshot = tmp_path / "report.png"
     assert open_in_chromium(out, screenshot) == []
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+
+
+def test_an_inconclusive_audit_shows_its_grade(tmp_path: Path) -> None:
+    """Issue 22: a degenerate model's grade, inconclusive, is shown (badge, matrix status, headline), not
+    folded into 'no masking detected'."""
+    from dataclasses import replace
+
+    audit = make_audit("dead", "pgd-at", None, False, extra_check=False)
+    audit = replace(audit, verdict=Verdict.from_checks(audit.checks, inconclusive="degenerate model: it predicts 1 class"))
+    audit.save(tmp_path / "a" / "audit.json")
+    page = render_report([tmp_path / "a" / "audit.json"], tmp_path / "r.html").read_text()
+    assert 'class="badge inconclusive"' in page and "inconclusive: degenerate model" in page
+    assert "pgd-at inconclusive" in page

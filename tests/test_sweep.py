@@ -261,3 +261,16 @@ def test_a_rerun_with_a_converged_teacher_is_compatible_with_its_own_manifest(tm
     _check_compatible(old, new, tmp_path / "sweep.json")
     with pytest.raises(InputError, match="teacher"):
         _check_compatible({**old, "teacher": teacher_settings(0.99, 30)}, new, tmp_path / "sweep.json")
+
+
+def test_an_audit_of_the_first_n_points_is_redone_on_a_seeded_sample() -> None:
+    """Issue 22: audits before `points` used the first n held-out points; the same n is now a seeded random
+    sample, so such an audit is stale unless it covered the whole split (the same set either way)."""
+    audit = json.loads(SAMPLE_AUDIT.read_text())
+    audit.pop("points", None)
+    audit["n"] = audit["config"]["n"] = 200
+    args = (audit["threat"], 200, 0, audit["config"]["square_queries"])
+    aa = audit["config"]["autoattack_standard"]
+    assert "seeded random sample" in audit_settings_differ(audit, *args, heldout_size=lambda: 359, autoattack_standard=aa)
+    audit["points"] = {"selection": "seeded random sample", "seed": 0}
+    assert audit_settings_differ(audit, *args, heldout_size=lambda: 359, autoattack_standard=aa) is None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..results import CheckResult, Severity
-from .base import Check, register
+from .base import Check, extra_breaks, pp, register
 
 
 def count_grad_calls(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -45,14 +45,52 @@ class AutoAttackFlags(Check):
     `settrace` sees grad/backward calls. They are recomputed here because pyautoattack's
     functions only log and return nothing. A randomised model stays flagged after EOT: its
     robustness is a property of the random draw, which only an EOT evaluation may report.
-    Reference: Croce & Hein 2020, AutoAttack checks.py and flags_doc.md; Athalye et al. 2018 (EOT).
+    The same 5 passes run with gradients enabled (the forward gradient attacks see): random
+    only there = "randomness (gradient mode only)"; deterministic in both but different =
+    "inference/gradient forward mismatch" (a defense that changes when differentiated; every
+    accuracy is scored by the inference forward regardless). With EOT on (K draws), PGD-CE
+    reruns with `eot_factor` x K draws from the same seed on the points K draws left standing:
+    significantly more breaks (exact
+    binomial, `eot_null_rate`, `eot_min_gap`, `alpha`, ours) = "EOT not converged", and the
+    worst case takes the stronger figure. Reference: Croce & Hein 2020, AutoAttack checks.py and
+    flags_doc.md; Athalye et al. 2018 (EOT); Tramer et al. 2020 (EOT convergence).
     """
 
     softmax_alpha: float = 1e-5
+    eot_factor: int = 4  # EOT convergence: K draws vs eot_factor * K draws (ours)
+    eot_null_rate: float = 0.02  # tolerated extra breaks of the larger EOT (attack noise on a random model; ours)
+    eot_min_gap: float = 0.02
+    alpha: float = 0.01
 
     name = "autoattack-flags"
     mechanism = "randomness"
     remedy = "use EOT (--eot 20, AutoAttack version='rand') for randomness; pass logits, not probabilities"
+
+    def _eot_spec(self, ctx):
+        from ..attacks import AttackSpec
+
+        # on the points K draws left standing (its outcome is cumulative: broken by either), from PGD-CE's seed
+        return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=self.eot_factor * ctx.eot, after=(ctx.battery.pgd_ce,))
+
+    def follow_up(self, ctx):
+        """EOT convergence: PGD-CE again with `eot_factor` times the draws (same seed) on the points PGD-CE
+        with K draws left standing, when EOT is on."""
+        return (self._eot_spec(ctx),) if ctx.eot > 1 and ctx.grad_ok else ()
+
+    def _eot_convergence(self, ctx, ev: dict) -> tuple[str, str] | None:
+        """(mechanism, sentence) when K-draw EOT had not converged: 4K draws break significantly more points."""
+        if not (ctx.eot > 1 and ctx.grad_ok):
+            return None
+        k4 = self._eot_spec(ctx)
+        e = extra_breaks(ctx.correct(k4), ctx.correct(ctx.battery.pgd_ce), ctx.n, self.eot_null_rate)
+        ev.update({"eot_draws_check": k4.eot, "eot_extra_breaks": e.count, "eot_extra_gap": e.gap, "eot_p_value": e.p_value,
+                   "acc_pgd_ce_eot": float(ctx.correct(ctx.battery.pgd_ce).float().mean()),
+                   "acc_pgd_ce_eot_check": float(ctx.correct(k4).float().mean())})
+        if not e.significant(self.eot_min_gap, self.alpha):
+            return None
+        return ("EOT not converged", f"PGD-CE with {k4.eot} draws breaks {e.count} points ({pp(e.gap)}, p={e.p_value:.2g}) "
+                                     f"that {ctx.eot} draws missed: EOT over {ctx.eot} draws had not converged; the worst case "
+                                     f"uses the {k4.eot}-draw figure, and more draws may break more (--eot)")
 
     def evaluate(self, ctx) -> CheckResult:
         probe = ctx.randomness
@@ -62,11 +100,27 @@ class AutoAttackFlags(Check):
                        and ((o.sum(-1) - 1).abs() < self.softmax_alpha).all())
         calls = count_grad_calls(ctx.model, x)
         ev = {"correct_per_pass": correct, "max_normalized_output_diff": max_diff, "randomized": randomized,
+              "correct_per_grad_pass": probe["correct_per_grad_pass"], "randomized_grad": probe["randomized_grad"],
+              "max_normalized_output_diff_grad": probe["max_normalized_output_diff_grad"],
+              "inference_grad_output_diff": probe["inference_grad_output_diff"],
               "softmax_output": softmax, "grad_calls_in_forward": calls, "eot_draws": ctx.eot}
         found = []
         if randomized:
             found.append(("randomness", f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}); "
                           f"the audit attacked it with EOT over {ctx.eot} draws, scored by majority"))
+        elif probe["randomized_grad"]:
+            found.append(("randomness (gradient mode only)", (
+                f"outputs change across identical passes only with gradients enabled (max diff "
+                f"{probe['max_normalized_output_diff_grad']:.2g}): the attacked forward differs from the one that predicts; "
+                f"the audit attacked it with EOT over {ctx.eot} draws and scored every point by the inference forward")))
+        elif probe["grad_mismatch"]:
+            found.append(("inference/gradient forward mismatch", (
+                f"the forward with gradients enabled differs from the inference one (normalised diff "
+                f"{probe['inference_grad_output_diff']:.2g}): attacks differentiate another function than the one that "
+                "predicts; every point was scored by the inference forward")))
+        converged = self._eot_convergence(ctx, ev)
+        if converged:
+            found.append(converged)
         if softmax:
             found.append(("softmax output", "the model outputs probabilities; audit the logits"))
         if calls:
@@ -75,4 +129,4 @@ class AutoAttackFlags(Check):
             return self.result(ctx, severity=Severity.FAIL, evidence=ev, mechanism=", ".join(m for m, _ in found),
                                summary="AutoAttack flags: " + "; ".join(s for _, s in found) + ".")
         return self.result(ctx, severity=Severity.OK, evidence=ev, summary=(
-            "deterministic logits, no softmax output, no gradient calls in forward."))
+            "deterministic logits, the same with and without gradients, no softmax output, no gradient calls in forward."))

@@ -2,8 +2,9 @@
 
 A check is a frozen dataclass of its thresholds (all defaulted, overridable per audit). It
 declares the attacks it needs (`needs`, `AttackSpec`s, usually from the audit's standard
-`Battery`), and `evaluate(ctx) -> CheckResult` reads their per-example outcomes from the
-`AuditContext` (see `maskcheck.auditing`), so one APGD run feeds every check that needs it.
+`Battery`; `follow_up` for attacks that depend on earlier outcomes), and `evaluate(ctx) ->
+CheckResult` reads their per-example outcomes from the read-only `AuditContext` (see
+`maskcheck.auditing`), so one APGD run feeds every check that needs it.
 Its class docstring ("Flags when / Why / Reference") is its only documentation: it is copied
 into every result (`CheckResult.doc`), and the report shows it. Adding a check = one file here
 (decorated with `@register`, imported in `__init__`) plus its test.
@@ -48,12 +49,23 @@ class Check:
     # True: the check reads gradient attacks and is skipped, with one reason, when the input has no
     # gradient path (gradient-health reports that case itself)
     needs_gradients: ClassVar[bool] = False
-    # Checks whose findings a one-class (collapsed) model fakes: zero gradients, unbreakable points.
+    # Checks whose findings a degenerate (collapsed: one or two predicted classes) model fakes: zero
+    # gradients, unbreakable points. The name predates two-class collapse.
     skips_one_class_models: ClassVar[bool] = False
 
     def needs(self, cfg: "AuditConfig", bat: "Battery") -> tuple["AttackSpec", ...]:
         """The attack runs this check reads (the audit runs their union once, before any check)."""
         return ()
+
+    def follow_up(self, ctx: "AuditContext") -> tuple["AttackSpec", ...]:
+        """Attacks that depend on what the first plan found or on the points (a second planning phase,
+        e.g. reruns on the points a gap left): the audit runs them after `needs`, before any check evaluates."""
+        return ()
+
+    @final
+    def follow_ups(self, ctx: "AuditContext") -> tuple["AttackSpec", ...]:
+        """What the audit calls: `follow_up`, or nothing when the check will skip."""
+        return () if self.skip_reason(ctx) else tuple(self.follow_up(ctx))
 
     def evaluate(self, ctx: "AuditContext") -> CheckResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -61,12 +73,17 @@ class Check:
     @final
     def run(self, ctx: "AuditContext") -> CheckResult:
         """What the audit calls: `evaluate`, or a skip when the check needs gradients the model lacks."""
+        reason = self.skip_reason(ctx)
+        return self.skipped(ctx, reason) if reason else self.evaluate(ctx)
+
+    @final
+    def skip_reason(self, ctx: "AuditContext") -> str | None:
         if self.needs_gradients and not ctx.grad_ok:
-            return self.skipped(ctx, "no gradient path to the input (see gradient-health)")
-        if self.skips_one_class_models and ctx.grad_ok and ctx.predicts_one_class:
-            return self.skipped(ctx, "the model predicts one class for every audited point (a collapsed network, accuracy = "
-                                     "that class's share): its zero gradients and unbroken points are not masking")
-        return self.evaluate(ctx)
+            return "no gradient path to the input (see gradient-health)"
+        if self.skips_one_class_models and ctx.grad_ok and ctx.degenerate:
+            return ("the model predicts one or two classes for every audited point (a collapsed network, accuracy = "
+                    "those classes' share): its zero gradients and unbroken points are not masking")
+        return None
 
     @classmethod
     def doc(cls) -> str:

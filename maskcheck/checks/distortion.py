@@ -22,7 +22,10 @@ class DistortionSweep(Check):
     discordant points (exact McNemar test); a single point broken at a small eps and missed at a
     larger one is attack noise, not masking (the same perturbation is feasible), so per-point
     "rises" are not counted. The curve shown is cumulative (broken at eps => broken at every
-    larger eps). Above chance: accuracy at the largest eps vs 1/K (binomial test, and at least
+    larger eps). Below the audit eps (eps/4, eps/2) the same test has its own verdict: PGD
+    breaking significantly more at a radius below the audit eps than at the audit eps or above is
+    masking confined beyond a small radius (mechanism "masking beyond a small radius"; the
+    robustness the audit eps reports does not hold). Above chance: accuracy at the largest eps vs 1/K (binomial test, and at least
     `min_gap` above). Reference: Athalye et al. 2018 rule 5; Carlini et al. 2019 (Linf 0.5
     should reach chance); grid from diagnostics.md row 11; cumulative breaks from
     verdict-calibration-notes.md Q4. Thresholds are ours.
@@ -52,6 +55,20 @@ class DistortionSweep(Check):
             return bat.pgd_margin
         return AttackSpec("pgd", "margin", self.steps, eps=e, white_box=False)
 
+    @staticmethod
+    def _below(grid: list[float], correct: list[torch.Tensor], eps: float, n: int) -> tuple[float, float, tuple | None]:
+        """The largest significant-or-not rise from a radius below the audit eps to the audit eps or
+        above: (gap, exact McNemar p, (small eps, larger eps)) over the points standing at the larger."""
+        best: tuple[float, float, tuple | None] = (0.0, 1.0, None)
+        for i, lo in enumerate(grid):
+            for j, hi in enumerate(grid):
+                if lo < eps - 1e-12 and hi >= eps - 1e-12:
+                    b = int((correct[j] & ~correct[i]).sum())
+                    c = int((correct[i] & ~correct[j]).sum())
+                    if (b - c) / n > best[0]:
+                        best = ((b - c) / n, mcnemar_greater(b, c), (lo, hi))
+        return best
+
     def needs(self, cfg, bat):
         return tuple(self._spec(bat, e, cfg.threat.eps) for e in self._grid(cfg.threat.eps, cfg.threat.norm))
 
@@ -77,6 +94,15 @@ class DistortionSweep(Check):
               "headline": f"accuracy stays at {100 * accs[-1]:.0f}% at eps {grid[-1]:g}"}
         plot = PlotData("curve", "Accuracy vs eps (PGD, margin loss)", {"accuracy": accs, "cumulative": cumulative}, x=grid,
                         xlabel="eps", ylabel="accuracy")
+        below = self._below(grid, correct, ctx.eps, ctx.n)
+        ev.update({"below_eps_rise": below[0], "below_eps_rise_p_value": below[1], "below_eps_rise_between": below[2]})
+        if below[0] >= self.min_gap and below[1] < self.alpha:  # its own verdict: the small radii
+            lo, hi = below[2]
+            ev.update(gap=below[0], headline=f"PGD breaks {pp(below[0])} more at eps {lo:g} than at {hi:g}")
+            return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], mechanism="masking beyond a small radius",
+                               summary=(f"PGD at eps {lo:g}, below the audit's eps, breaks {pp(below[0])} more points than at "
+                                        f"eps {hi:g} (p={below[1]:.2g}): the larger budget hides the gradient the smaller one "
+                                        f"follows; quote no robustness above eps {lo:g}; {self.remedy}."))
         if rise[0] >= self.min_gap and rise[1] < self.alpha:
             ev.update(gap=rise[0], headline=f"accuracy rises by {pp(rise[0])} from eps {rise[2][0]:g} to {rise[2][1]:g}")
             return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], summary=(

@@ -124,7 +124,7 @@ class TrainingPhaseGap(Check):
         return (bat.square, *bat.white_box)  # the audit's worst case: white-box battery and Square
 
     def evaluate(self, ctx) -> CheckResult:
-        history = ((getattr(ctx, "run", None) or {}).get("metrics") or {}).get("history")
+        history = ((ctx.run or {}).get("metrics") or {}).get("history")
         if not history or last_training_phase(history) is None:
             return self.skipped(ctx, "no training-phase robust accuracy (not a maskcheck adversarial training run)")
         worst = float((ctx.white_box & ctx.correct(ctx.battery.square)).float().mean())

@@ -44,8 +44,9 @@ class UnboundedAttack(Check):
         pgd = AttackSpec("pgd", "margin", self.pgd_steps, eps=box, white_box=False)
         return pgd, AttackSpec("fmn", "none", self.fmn_steps, eps=box, after=(pgd,), white_box=False)
 
-    def needs(self, cfg, bat):
-        return ()  # the box size depends on the input shape: run on demand in evaluate
+    def follow_up(self, ctx):
+        """The box size depends on the input shape, known once the points are: a follow-up, declared."""
+        return self._specs(ctx.x[0].numel(), ctx.norm) if ctx.grad_ok else ()
 
     def evaluate(self, ctx) -> CheckResult:
         clean = ctx.clean_correct

@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from .loader import MASKED, SENSITIVE
+from .loader import INCONCLUSIVE_STATUS, MASKED, SENSITIVE
 
 
 def _fmt(t: float) -> str:
@@ -36,7 +36,7 @@ def method_phrase(method: str, rows: pd.DataFrame) -> str:
         return f"{method} not audited"
     temps = sorted(t for t in audited["temperature"] if not math.isnan(t))
     parts = []
-    for status, word in ((MASKED, "masked"), (SENSITIVE, "attack-sensitive")):
+    for status, word in ((MASKED, "masked"), (INCONCLUSIVE_STATUS, "inconclusive"), (SENSITIVE, "attack-sensitive")):
         graded = audited[audited["verdict"] == status]
         if not graded.empty:
             parts.append(word + _where(sorted(t for t in graded["temperature"] if not math.isnan(t)), temps))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..fileio import read_json
-from ..results import ATTACK_SENSITIVE, AuditResult
+from ..results import ATTACK_SENSITIVE, INCONCLUSIVE, AuditResult
 from ..validate import validate_audit, validate_run, validate_sweep
 
 # Same numbers as sweep.SWEEP_SCHEMA_VERSION and checkpoint.RUN_SCHEMA_VERSION, not imported
@@ -32,6 +32,7 @@ COLUMNS = ("method", "temperature", "name", *ACC_COLUMNS, "verdict", "flagged_ch
 # Cell status shown in the matrix: the audit's grade (results.Verdict) or why there is none; the CSS
 # colours them (templates/report.html.j2).
 MASKED, SENSITIVE, NO_MASKING = "masked", "attack-sensitive", "no masking detected"
+INCONCLUSIVE_STATUS = INCONCLUSIVE  # a degenerate (collapsed) model: the audit makes no claim
 NOT_AUDITED, NOT_TRAINED = "not audited", "not trained"
 
 
@@ -65,6 +66,8 @@ class ModelEntry:
             return MASKED
         if self.audit.verdict.grade == ATTACK_SENSITIVE:  # graded verdict (results.Verdict)
             return SENSITIVE
+        if self.audit.verdict.grade == INCONCLUSIVE:
+            return INCONCLUSIVE_STATUS
         return NO_MASKING
 
     @property
