@@ -48,7 +48,8 @@ TRANSFER_STEPS = 50  # PGD steps on the surrogate (ours: transfer needs a conver
 TRANSFER_SCORE_EVERY = 5  # iterates scored on the target (one inference forward each; ours)
 BPDA_STEPS = 50  # Athalye et al. 2018 broke thermometer encoding with BPDA-PGD of 40+ steps; ours: 50
 SURROGATE_HIDDEN = 256  # ours: a two-hidden-layer GELU MLP fits digits/MNIST outputs in a few seconds on one core
-SURROGATE_EPOCHS = 40
+SURROGATE_EPOCHS = 15
+SURROGATE_BATCH = 512  # ours: few, large steps (Adam, lr 3e-3): the cost is per step on a loaded CPU
 BALL_QUERIES = 8  # queries per audited point inside its eps-ball (4 uniform, 4 at vertices; ours)
 ZERO_GRAD_TRIGGER = 0.01  # share of exactly-zero/non-finite margin gradients that triggers automatic BPDA (= gradient-health's fail_fraction)
 
@@ -98,7 +99,7 @@ def _soft_targets(model: nn.Module, q: torch.Tensor, batch_size: int) -> torch.T
 
 
 def distil_surrogate(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str, num_classes: int, seed: int,
-                     batch_size: int = 500, epochs: int = SURROGATE_EPOCHS) -> Surrogate:
+                     batch_size: int = 500, epochs: int = SURROGATE_EPOCHS, lr: float = 3e-3) -> Surrogate:
     """Train a `Surrogate` to match the target's outputs on queries around `x` (KL to the target's softmax).
 
     Queries only: the target runs under no_grad in eval mode. Deterministic for a seed. Cost: 17 queries per
@@ -112,8 +113,8 @@ def distil_surrogate(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str
     with torch.random.fork_rng(devices=[]):  # the surrogate's initialisation, without moving the global RNG
         torch.manual_seed(seed)
         s = Surrogate(q[0].numel(), num_classes).to(x.device)
-    opt = torch.optim.Adam(s.parameters(), lr=1e-3)
-    bs = 128
+    opt = torch.optim.Adam(s.parameters(), lr=lr)
+    bs = SURROGATE_BATCH
     with torch.enable_grad():
         for epoch in range(epochs):
             perm = torch.randperm(len(q), generator=gen, device=x.device)
