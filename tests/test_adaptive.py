@@ -117,7 +117,7 @@ def _by_name(result):
 
 def test_quantised_model_is_broken_by_transfer_and_bpda_and_flagged() -> None:
     """PGD-CE overstates the quantised model (most points stand); transfer/BPDA find ~0 and both checks fail."""
-    x, y = points()
+    x, y = points(60)
     r = run_audit(quantised(), (x, y), eps=EPS, n=len(y), checks=NEW, num_classes=10, bpda="identity:0", **FAST)
     checks = _by_name(r)
     assert r.robust_acc["pgd-ce"] > 0.5
@@ -149,6 +149,7 @@ def trades() -> nn.Module:
     return fit(build_model("small-cnn", splits.info), xt, yt, cfg).eval()
 
 
+@pytest.mark.slow  # trains TRADES (12 min on the shared 2-core machine, a minute or two idle)
 def test_trades_model_is_not_flagged_by_the_new_checks() -> None:
     x, y = points()
     r = run_audit(trades(), (x, y), eps=EPS, n=len(y), checks=NEW, num_classes=10, **FAST)
