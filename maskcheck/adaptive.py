@@ -216,21 +216,34 @@ def parse_bpda(value: str | None) -> tuple[str, str] | None:
     raise InputError(f"--bpda must be 'surrogate' or 'identity:<submodule path>' (e.g. identity:model.0); got {value!r}.")
 
 
+def resolve_submodule(model: nn.Module, path: str) -> str:
+    """The full name of the submodule `path` names: itself, else the shortest name ending in '.PATH' (the audit may
+    hold the user's model behind wrappers: the load guard, --normalize). InputError when there is none, or when it
+    lives in TorchScript, whose submodules cannot be replaced."""
+    names = [n for n, _ in model.named_modules() if n]
+    hits = [path] if path in names else sorted((n for n in names if n.endswith("." + path)), key=len)
+    if not hits:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise InputError(f"--bpda identity:{path}: the model has no submodule {path!r}; its submodules: {shown or 'none'}.")
+    full = hits[0]
+    parent_path = full.rpartition(".")[0]
+    if isinstance(model.get_submodule(parent_path) if parent_path else model, torch.jit.ScriptModule):
+        raise InputError(f"--bpda identity:{path}: the submodule is inside TorchScript, whose submodules cannot be "
+                         "replaced; audit the eager model (a run folder or a state dict with --arch), or use --bpda surrogate.")
+    return full
+
+
 def validate_bpda(value: str | None, model: nn.Module) -> None:
-    """Fail before any attack runs when `identity:PATH` names no submodule of the model."""
+    """Fail before any attack runs when `identity:PATH` names no replaceable submodule of the model."""
     parsed = parse_bpda(value)
     if parsed and parsed[0] == "identity":
-        names = [n for n, _ in model.named_modules() if n]
-        if parsed[1] not in names:
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise InputError(f"--bpda identity:{parsed[1]}: the model has no submodule {parsed[1]!r}; its submodules: "
-                             f"{shown or 'none'}.")
+        resolve_submodule(model, parsed[1])
 
 
 @contextmanager
 def identity_backward(model: nn.Module, path: str) -> Iterator[None]:
     """Within the block, the submodule at `path` of `model` runs with an identity backward (restored after)."""
-    parent_path, _, leaf = path.rpartition(".")
+    parent_path, _, leaf = resolve_submodule(model, path).rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     original = getattr(parent, leaf) if not leaf.isdigit() else parent[int(leaf)]
     wrapped = IdentityBackward(original)

@@ -99,6 +99,9 @@ def test_bpda_identity_path_must_exist() -> None:
     with pytest.raises(InputError, match="no submodule 'nope'"):
         adaptive.validate_bpda("identity:nope", quantised())
     adaptive.validate_bpda("identity:0", quantised())
+    adaptive.validate_bpda("identity:0", nn.Sequential(quantised()))  # found behind a wrapper (the load guard)
+    with pytest.raises(InputError, match="TorchScript"):
+        adaptive.validate_bpda("identity:0", torch.jit.script(quantised()))
 
 
 def test_surrogate_is_trained_once_per_audit_and_deterministic() -> None:
