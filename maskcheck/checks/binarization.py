@@ -8,7 +8,7 @@ import torch
 
 from .. import adaptive
 from ..results import CheckResult, PlotData, Severity
-from .base import Check, excess, pp, register
+from .base import Check, excess, register
 
 
 @register
@@ -66,10 +66,9 @@ class BinarizationTest(Check):
         if tested == 0:
             return self.skipped(ctx, "no readout separated its known adversarial example")
         if e.p_value < self.alpha and rate >= self.fail_rate:
-            ev.update(gap=rate, headline=f"PGD misses a known adversarial example on {pp(rate)} of binarization tests")
             return self.result(ctx, severity=Severity.FAIL, evidence=ev, plots=[plot], summary=(
-                f"PGD missed the known adversarial example on {e.count} of {tested} binarized points ({pp(rate)}, "
+                f"PGD missed the known adversarial example on {e.count} of {tested} binarized points ({100 * rate:.0f}%, "
                 f"p={e.p_value:.2g}): the attack cannot be trusted here; {self.remedy}."))
         return self.result(ctx, severity=Severity.OK, evidence=ev, plots=[plot], summary=(
             f"PGD found the known adversarial example on {tested - e.count} of {tested} binarized points "
-            f"(failure rate {pp(rate)})."))
+            f"(failure rate {100 * rate:.0f}%)."))
