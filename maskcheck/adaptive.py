@@ -330,9 +330,11 @@ def transfer_spec(after: tuple[AttackSpec, ...]) -> AttackSpec:
 
 
 def bpda_specs(cfg: Any, after: tuple[AttackSpec, ...]) -> tuple[AttackSpec, ...]:
-    """The automatic BPDA-surrogate run (a no-op unless the gradient probe fires) and the user's --bpda run."""
-    specs = [AttackSpec("bpda", "auto", BPDA_STEPS, after=after, white_box=False)]
-    if getattr(cfg, "bpda", None):
+    """The automatic BPDA-surrogate run (a no-op unless the gradient probe fires) and the user's --bpda run
+    (which replaces the automatic one when it is the same attack: --bpda surrogate)."""
+    user = getattr(cfg, "bpda", None)
+    specs = [] if user == "surrogate" else [AttackSpec("bpda", "auto", BPDA_STEPS, after=after, white_box=False)]
+    if user:
         specs.append(AttackSpec("bpda", "user", BPDA_STEPS, after=after, label="bpda", white_box=False))
     return tuple(specs)
 

@@ -62,10 +62,9 @@ class TransferAttack(Check):
         best = max(per, key=lambda k: per[k].count)
         ev = {"gap": total.gap, "p_value": total.p_value, "examples": total.examples,
               **{f"gap_{k}": e.gap for k, e in per.items()}, **{f"acc_{k}": v for k, v in acc.items()},
-              "bpda_auto_ran": bool(probe.get("triggered")), "gradient_probe": probe,
-              "surrogate_seconds": round(ctx.timings.get("surrogate", 0.0), 3)}
-        what = "transfer from the surrogate" if best == "transfer" else "BPDA through the surrogate" if best == "bpda-auto" \
-            else f"BPDA ({ctx.config.bpda})"
+              "bpda_auto_ran": bool(probe.get("triggered")), "gradient_probe": probe}
+        what = {"transfer": "transfer from the surrogate", "bpda-auto": "BPDA through the surrogate"}.get(
+            best, f"BPDA ({ctx.config.bpda})")
         mech = self.mechanism if best == "transfer" else "gradients unavailable (BPDA beats white-box)"
         if total.significant(self.min_gap, self.alpha) and total.gap >= self.fail_gap:
             ev["headline"] = f"{what} beats the white-box attacks by {pp(total.gap)}"
