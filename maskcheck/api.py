@@ -72,6 +72,7 @@ def audit(
     apgd_iters: int | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     autoattack_standard: bool = True,
+    bpda: str | None = None,
 ) -> "AuditResult":
     """Audit `model` for gradient masking on the points `x`, `y`; returns the typed `AuditResult`.
 
@@ -91,6 +92,9 @@ def audit(
         strength for time: lower them only for quick tests, never for a number you report.
         autoattack_standard: False skips FAB-T, which only the AutoAttack-standard robust accuracy
         needs (no check uses it; about a third of a robust model's audit on CPU).
+    bpda: 'surrogate' (the model's forward, a distilled surrogate's backward) or 'identity:<submodule
+        path>' (that submodule's backward replaced by the identity), run as BPDA-PGD by the
+        transfer-attack check; None = only the automatic BPDA when input gradients vanish.
     Raises `ArgumentError` (a `ValueError`) naming the bad parameter.
     """
     import torch
@@ -114,12 +118,19 @@ def audit(
     for param, flag in (("progress", progress), ("autoattack_standard", autoattack_standard)):
         if not isinstance(flag, bool):
             raise ArgumentError(param, f"must be True or False; got {flag!r}.")
+    if bpda is not None:
+        from .adaptive import parse_bpda
+
+        try:
+            parse_bpda(bpda)
+        except InputError as exc:
+            raise ArgumentError("bpda", str(exc)) from None
     dev = _resolve_device(device, module, x)
     with keep_caller_state(module, dev):
         k = _probe_classes(module, x, y, dev, num_classes)
         result = _run_engine(model, x, y, eps=eps, norm=norm, checks=names, seed=seed, device=dev, progress=progress,
                              num_classes=k, eot=eot, square_queries=square_queries, apgd_iters=apgd_iters,
-                             overrides=overrides, autoattack_standard=autoattack_standard)
+                             overrides=overrides, autoattack_standard=autoattack_standard, bpda=bpda)
     if name is not None:
         result.model = {**result.model, "name": str(name)}
     return result
@@ -157,7 +168,8 @@ def audit_loader(model: "nn.Module | LoadedModel", loader: Iterable[Any], *, n: 
 def _run_engine(model: "nn.Module | LoadedModel", x: "torch.Tensor", y: "torch.Tensor", *, eps: float, norm: str,
                 checks: list[str] | None, seed: int, device: "torch.device", progress: bool, num_classes: int,
                 eot: int | None, square_queries: int | None, apgd_iters: int | None,
-                overrides: Mapping[str, Mapping[str, Any]] | None, autoattack_standard: bool) -> "AuditResult":
+                overrides: Mapping[str, Mapping[str, Any]] | None, autoattack_standard: bool,
+                bpda: str | None = None) -> "AuditResult":
     """The integration point with the audit engine: the only call into `auditing.run_audit`."""
     from .auditing import run_audit
 
@@ -165,7 +177,7 @@ def _run_engine(model: "nn.Module | LoadedModel", x: "torch.Tensor", y: "torch.T
     try:
         return run_audit(model, (x, y), eps=eps, norm=norm, n=len(y), checks=checks, seed=seed, eot=eot, device=device,
                          progress=progress, overrides=overrides, num_classes=num_classes,
-                         autoattack_standard=autoattack_standard, **options)
+                         autoattack_standard=autoattack_standard, bpda=bpda, **options)
     except InputError as exc:
         if isinstance(exc, ValueError):
             raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn as nn
@@ -283,6 +283,7 @@ class AttackEnv:
     eot: int
     square_queries: int
     device: torch.device
+    context: Any = None  # the AuditContext (adaptive attacks cache their surrogate on it); None in direct calls
 
 
 AdapterFn = Callable[[AttackSpec, nn.Module, torch.Tensor, torch.Tensor, AttackEnv, torch.Generator], AttackResult]

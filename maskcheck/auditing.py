@@ -32,6 +32,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import attacks
+from .adaptive import validate_bpda
 from .attacks import AttackEnv, AttackSpec, Battery
 from .checkpoint import LoadedModel
 from .checks import REGISTRY, make_check
@@ -105,6 +106,7 @@ class AuditRunner:
         self.n = len(y)
         self.timings: dict[str, float] = {}
         self.outcomes: dict[AttackSpec, Outcome] = {}
+        self.context: Any = None  # the checks' read-only view (AuditContext), set when it is made
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -214,7 +216,8 @@ class AuditRunner:
 
     # ------------------------------------------------------------------ attack outcomes
     def env(self, draws: int) -> AttackEnv:
-        return AttackEnv(self.eps, self.norm, self.num_classes, self.seed, draws, self.square_queries, self.device)
+        return AttackEnv(self.eps, self.norm, self.num_classes, self.seed, draws, self.square_queries, self.device,
+                         context=self.context)
 
     def prior(self, after: Sequence[AttackSpec]) -> torch.Tensor:
         """Points still correct after every run in `after` (clean-correct points when empty)."""
@@ -277,6 +280,7 @@ class AuditContext:
     def __init__(self, runner: AuditRunner, run: Mapping[str, Any] | None = None) -> None:
         self._runner = runner
         self.run = run
+        runner.context = self  # adaptive attacks read the view through AttackEnv.context (their surrogate is cached on it)
 
     # the audit's settings and points
     model = property(lambda self: self._runner.model)
@@ -503,7 +507,7 @@ def audit_points(splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor], n: in
 def audit_config(*, eps: float, norm: str = "linf", n: int = 1000, checks: str | Sequence[str] | None = None,
                  seed: int = 0, eot: int | None = None, square_queries: int = DEFAULT_SQUARE_QUERIES,
                  overrides: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 500,
-                 apgd_iters: int = APGD_ITERS, autoattack_standard: bool = True) -> AuditConfig:
+                 apgd_iters: int = APGD_ITERS, autoattack_standard: bool = True, bpda: str | None = None) -> AuditConfig:
     """An AuditConfig from keywords (the names `run_audit` accepts), validated with one-line errors."""
     if norm not in ("linf", "l2"):
         raise InputError(f"--norm must be linf or l2; got {norm!r}.")
@@ -514,7 +518,7 @@ def audit_config(*, eps: float, norm: str = "linf", n: int = 1000, checks: str |
         raise InputError(f"overrides name unknown check(s) {', '.join(unknown)}; valid: {', '.join(REGISTRY)}.")
     return AuditConfig(ThreatModel(eps, norm), n=n, checks=names, seed=seed, eot=eot, square_queries=square_queries,
                        apgd_iters=apgd_iters, batch_size=batch_size, overrides=overrides,
-                       autoattack_standard=autoattack_standard)
+                       autoattack_standard=autoattack_standard, bpda=bpda)
 
 
 def run_audit(
@@ -561,6 +565,7 @@ def run_audit(
     if dev.type == "cuda" and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     _validate_inputs(model, x, y, k)
+    validate_bpda(config.bpda, model)
 
     seed_everything(config.seed)
     t0 = time.perf_counter()

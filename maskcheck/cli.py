@@ -315,6 +315,7 @@ def audit_cmd(
     autoattack_standard: bool = typer.Option(True, "--autoattack-standard/--no-autoattack-standard",
                                              help=AUTOATTACK_STANDARD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    bpda: Optional[str] = typer.Option(None, "--bpda", help="BPDA-PGD with a replaced backward: 'identity:<submodule path>' (e.g. identity:model.0, a non-differentiable preprocessing you know) or 'surrogate' (a distilled smooth model's gradient). Default: BPDA through the surrogate only when input gradients vanish."),
     data: Optional[Path] = typer.Option(None, "--data", help="Audit these points instead of the dataset's held-out split: a .pt/.npz file with x in [0, 1] and int y, or an ImageFolder directory."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="Wrap a model that expects normalised inputs: a dataset name, MEAN,STD, or C means then C stds."),
     threat: Optional[str] = typer.Option(None, "--threat", help="rb: models: RobustBench threat model, Linf or L2 (sets the leaderboard's eps and norm)."),
@@ -350,12 +351,16 @@ def audit_cmd(
             raise MaskcheckError(f"{flag} must be a positive number of at most {MAX_LIMIT_FLAG:g}; got {value}.")
     if fail_on not in (None, "masked", "warn", "attack-sensitive"):
         raise MaskcheckError(f"--fail-on must be masked or warn (= attack-sensitive); got {fail_on!r}.")
+    if bpda is not None:
+        from .adaptive import parse_bpda
+
+        parse_bpda(bpda)  # a usage error before any model is loaded
     slurm_cfg = _launcher_config(launcher, slurm, slurm_config, wait)
     if (model / "sweep.json").is_file():
         _audit_sweep_folder(model, slurm_cfg, n=n, seed=seed, square_queries=square_queries, jobs=jobs,
                             autoattack_standard=autoattack_standard, device=device, data_dir=data_dir,
                             quiet=quiet, wait=wait, ignored={"--checks": checks, "--out": out, "--fail-on": fail_on or (fail_on_flag or None),
-                                                  "--eot": eot, "--data": data, "--normalize": normalize, "--threat": threat})
+                                                  "--eot": eot, "--bpda": bpda, "--data": data, "--normalize": normalize, "--threat": threat})
         return
     if slurm_cfg is not None:
         raise MaskcheckError(f"--launcher slurm audits a sweep folder (with sweep.json); {model} is not one. "
@@ -392,7 +397,7 @@ def audit_cmd(
         x, y, points = audit_points(load_dataset(loaded.info.name, data_dir), n, seed)
     result = run_api_audit(loaded, x, y, eps=eps_value, norm=norm, checks=names, seed=seed, eot=eot,
                            square_queries=square_queries, autoattack_standard=autoattack_standard, device=dev,
-                           progress=not quiet)
+                           progress=not quiet, bpda=bpda)
     if points is not None:
         result.points = points
     if getattr(guarded, "timed_out", None):  # a check may have caught the error and gone on: the audit is void

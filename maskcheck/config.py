@@ -65,6 +65,7 @@ class AuditConfig:
     batch_size: int = 500
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     autoattack_standard: bool = True  # add FAB-T beside Square for robust_acc["autoattack-standard"]
+    bpda: str | None = None  # --bpda: 'surrogate' or 'identity:<submodule path>' (maskcheck.adaptive); None = automatic only
 
     def __post_init__(self) -> None:
         _positive_int(self.n, "--n", "number of points")
@@ -73,6 +74,10 @@ class AuditConfig:
         _positive_int(self.square_queries, "--square-queries", "integer")
         _positive_int(self.apgd_iters, "apgd_iters", "integer")
         _positive_int(self.batch_size, "batch_size", "integer")
+        if self.bpda is not None:
+            from .adaptive import parse_bpda
+
+            parse_bpda(self.bpda)
         if isinstance(self.checks, str):
             object.__setattr__(self, "checks", tuple(p.strip() for p in self.checks.split(",") if p.strip()))
         elif self.checks is not None:
@@ -80,7 +85,7 @@ class AuditConfig:
 
     def __hash__(self) -> int:  # overrides is a dict; hash what identifies the audit
         return hash((self.threat, self.n, self.checks, self.seed, self.eot, self.square_queries, self.apgd_iters,
-                     self.autoattack_standard))
+                     self.autoattack_standard, self.bpda))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

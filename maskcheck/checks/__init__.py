@@ -13,6 +13,8 @@ from . import (  # noqa: F401  (import order = battery order)
     convergence,
     autoattack_flags,
     training_phase,
+    transfer,
+    binarization,
 )
 
 __all__ = ["REGISTRY", "Check", "make_check"]

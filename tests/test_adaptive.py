@@ -1,0 +1,162 @@
+"""The adaptive attacks (maskcheck.adaptive) and their checks: transfer-attack, binarization-test, --bpda.
+
+Controls: a natural digits model behind a non-differentiable input quantisation (torch.round, zero
+gradient almost everywhere) is nearly not robust at all, but PGD-CE sees most points stand; transfer
+and BPDA must find that truth and the new checks must fail it. The plain natural model and a TRADES
+model must pass both checks.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn as nn
+
+from controls import digits, honest_cnn
+from maskcheck import adaptive, attacks
+from maskcheck.attacks import AttackEnv, AttackSpec
+from maskcheck.auditing import run_audit
+from maskcheck.config import AuditConfig, ThreatModel
+from maskcheck.errors import InputError
+from maskcheck.results import Severity
+
+EPS = 0.2  # digits' default budget
+FAST = dict(square_queries=100, apgd_iters=10, autoattack_standard=False, progress=False)
+NEW = "transfer-attack,binarization-test"
+
+
+class Quantise(nn.Module):
+    """Rounds the input to `levels` + 1 grey levels (a submodule, so --bpda identity:0 can name it)."""
+
+    def __init__(self, levels: int = 4) -> None:
+        super().__init__()
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * self.levels) / self.levels
+
+
+def quantised() -> nn.Module:
+    return nn.Sequential(Quantise(), honest_cnn()).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def points(n: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    return digits().heldout_tensors(n)
+
+
+def _env(seed: int = 0) -> AttackEnv:
+    return AttackEnv(EPS, "linf", 10, seed, 1, 100, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind,loss", [("transfer", "margin"), ("bpda", "user")])
+def test_adaptive_attacks_stay_in_the_ball_and_repeat(kind: str, loss: str) -> None:
+    x, y = points(40)
+    model = quantised()
+    spec = AttackSpec(kind, loss, 10)
+    runs = [attacks.run_spec(spec, model, x, y, _env(), torch.Generator().manual_seed(3)) for _ in range(2)]
+    for r in runs:
+        assert (r.x_adv - x).abs().max() <= EPS + 1e-6
+        assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv) and torch.equal(runs[0].correct, runs[1].correct)
+    with torch.no_grad():  # the reported outcome is the inference forward's
+        assert torch.equal(runs[0].correct, model(runs[0].x_adv).argmax(1) == y)
+
+
+def test_straight_through_has_the_targets_value_and_the_surrogates_gradient() -> None:
+    x, y = points(8)
+    target, sur = quantised(), nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    st = adaptive.StraightThrough(target, sur)
+    xg = x.clone().requires_grad_(True)
+    out = st(xg)
+    assert torch.allclose(out, target(x))
+    (g,) = torch.autograd.grad(out.sum(), xg)
+    xs = x.clone().requires_grad_(True)
+    (gs,) = torch.autograd.grad(sur(xs).sum(), xs)
+    assert torch.allclose(g, gs) and g.abs().sum() > 0
+
+
+def test_identity_backward_restores_the_module() -> None:
+    model = quantised()
+    original = model[0]
+    x, y = points(8)
+    with adaptive.identity_backward(model, "0"):
+        assert isinstance(model[0], adaptive.IdentityBackward)
+        _, g = attacks.input_grad(model, x, y, attacks.margin_loss)
+        assert g.abs().sum() > 0  # round's zero gradient replaced by the identity
+    assert model[0] is original
+
+
+@pytest.mark.parametrize("bad", ["", "identity", "identity:", "jacobian", "surrogate:x"])
+def test_bad_bpda_values_are_usage_errors(bad: str) -> None:
+    with pytest.raises(InputError, match="--bpda"):
+        AuditConfig(ThreatModel(EPS, "linf"), bpda=bad)
+
+
+def test_bpda_identity_path_must_exist() -> None:
+    with pytest.raises(InputError, match="no submodule 'nope'"):
+        adaptive.validate_bpda("identity:nope", quantised())
+    adaptive.validate_bpda("identity:0", quantised())
+    adaptive.validate_bpda("identity:0", nn.Sequential(quantised()))  # found behind a wrapper (the load guard)
+    with pytest.raises(InputError, match="TorchScript"):
+        adaptive.validate_bpda("identity:0", torch.jit.script(quantised()))
+
+
+def test_surrogate_is_trained_once_per_audit_and_deterministic() -> None:
+    x, y = points(60)
+    model = honest_cnn()
+    a = adaptive.distil_surrogate(model, x, eps=EPS, norm="linf", num_classes=10, seed=1)
+    b = adaptive.distil_surrogate(model, x, eps=EPS, norm="linf", num_classes=10, seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    agree = (attacks.predict(a, x).argmax(1) == attacks.predict(model, x).argmax(1)).float().mean()
+    assert agree > 0.9  # a surrogate that disagrees with its target transfers nothing
+
+
+def _by_name(result):
+    return {c.check: c for c in result.checks}
+
+
+def test_quantised_model_is_broken_by_transfer_and_bpda_and_flagged() -> None:
+    """PGD-CE overstates the quantised model (most points stand); transfer/BPDA find ~0 and both checks fail."""
+    x, y = points(60)
+    r = run_audit(quantised(), (x, y), eps=EPS, n=len(y), checks=NEW, num_classes=10, bpda="identity:0", **FAST)
+    checks = _by_name(r)
+    assert r.robust_acc["pgd-ce"] > 0.5
+    assert r.robust_acc["worst-case"] < 0.1 and r.robust_acc["transfer"] < 0.15 and r.robust_acc["bpda"] < 0.1
+    assert checks["transfer-attack"].severity is Severity.FAIL and checks["transfer-attack"].mechanism
+    assert checks["transfer-attack"].evidence["bpda_auto_ran"] is True
+    assert checks["binarization-test"].severity is Severity.FAIL
+    assert checks["binarization-test"].mechanism == "attack failure (binarization test)"
+
+
+def test_natural_model_is_not_flagged_by_the_new_checks() -> None:
+    x, y = points()
+    r = run_audit(honest_cnn(), (x, y), eps=EPS, n=len(y), checks=NEW, num_classes=10, **FAST)
+    checks = _by_name(r)
+    assert checks["transfer-attack"].severity is Severity.OK
+    assert checks["transfer-attack"].evidence["bpda_auto_ran"] is False
+    assert checks["binarization-test"].severity is Severity.OK and checks["binarization-test"].evidence["tested"] >= 50
+
+
+@functools.lru_cache(maxsize=None)
+def trades() -> nn.Module:
+    from maskcheck.models import build_model
+    from maskcheck.training import fit, make_config
+
+    torch.manual_seed(0)
+    splits = digits()
+    xt, yt = splits.train.tensors
+    cfg = make_config("trades", "digits", epochs=8, batch_size=64, lr=3e-3, optimizer="adam", milestones=(), seed=0)
+    return fit(build_model("small-cnn", splits.info), xt, yt, cfg).eval()
+
+
+@pytest.mark.slow  # trains TRADES (12 min on the shared 2-core machine, a minute or two idle)
+def test_trades_model_is_not_flagged_by_the_new_checks() -> None:
+    x, y = points()
+    r = run_audit(trades(), (x, y), eps=EPS, n=len(y), checks=NEW, num_classes=10, **FAST)
+    checks = _by_name(r)
+    assert r.robust_acc["white-box"] > 0.2  # the control is a robust model, not a broken one
+    assert checks["transfer-attack"].severity is not Severity.FAIL
+    assert checks["binarization-test"].severity is Severity.OK
