@@ -97,7 +97,8 @@ class Thermometer(InputTransform):
         return x.unsqueeze(2) - self.thresholds.view(1, 1, -1, 1, 1)
 
     def hard(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._expand(x) > 0).float().flatten(1, 2)
+        e = self._expand(x)  # `+ 0 * e` keeps the graph (a zero gradient, as torch.round's), so PGD-AT can train through it
+        return ((e > 0).float() + 0.0 * e).flatten(1, 2)
 
     def soft(self, x: torch.Tensor) -> torch.Tensor:
         return (self._expand(x) * self.levels).clamp(0.0, 1.0).flatten(1, 2)
