@@ -83,15 +83,17 @@ class InputTransform(nn.Module):
 
 
 class Thermometer(InputTransform):
-    """Thermometer encoding (Buckman et al. 2018): each pixel -> `levels` channels, channel i = [x > i / levels].
+    """Thermometer encoding (Buckman et al. 2018): each pixel -> `levels` channels, channel i = [x > (i + 1/2) / levels].
 
-    The comparison has a zero gradient everywhere; BPDA's backward uses the soft thermometer
-    clamp(levels * x - i, 0, 1) (Athalye et al. 2018, sec. 5.1)."""
+    The comparison has a zero gradient everywhere; BPDA's backward uses a soft thermometer, here
+    sigmoid(2 levels (x - threshold)) (Athalye et al. 2018 sec. 5.1 use a clamped ramp; its kinks sit
+    exactly on the digits grid, where it would give zero gradients too). Thresholds sit between grid
+    values, so no clean pixel lies on one."""
 
     def __init__(self, net: nn.Module, levels: int = 16) -> None:
         super().__init__(net)
         self.levels = levels
-        self.register_buffer("thresholds", torch.arange(levels, dtype=torch.float32) / levels)
+        self.register_buffer("thresholds", (torch.arange(levels, dtype=torch.float32) + 0.5) / levels)
 
     def _expand(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C * levels, H, W)
         return x.unsqueeze(2) - self.thresholds.view(1, 1, -1, 1, 1)
@@ -101,7 +103,7 @@ class Thermometer(InputTransform):
         return ((e > 0).float() + 0.0 * e).flatten(1, 2)
 
     def soft(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._expand(x) * self.levels).clamp(0.0, 1.0).flatten(1, 2)
+        return torch.sigmoid(2 * self.levels * self._expand(x)).flatten(1, 2)
 
 
 class BitDepth(InputTransform):

@@ -1,7 +1,7 @@
 """The broken-defense zoo (issue 22): train each member, measure its ground truth, audit it, tabulate.
 
     python experiments/broken-defense-zoo/run.py [--datasets digits,mnist] [--seeds 0,1,2] [--members a,b]
-        [--reduced] [--out DIR] [--report reports/zoo]
+        [--reduced] [--n N] [--out DIR] [--report reports/zoo]
 
 For every (dataset, member, seed) it trains the member (maskcheck.zoo, the project's training loop),
 measures the ground truth on the audited points (the per-point worst case of the family's adaptive
@@ -65,12 +65,13 @@ def audited_points(result: Any, splits: Any, n: int) -> tuple[torch.Tensor, torc
     return x[t], y[t], idx
 
 
-def run_one(dataset: str, name: str, seed: int, reduced: bool, splits: Any, eps: float) -> dict[str, Any]:
+def run_one(dataset: str, name: str, seed: int, reduced: bool, splits: Any, eps: float, n: int | None = None) -> dict[str, Any]:
     member = zoo.MEMBERS[name]
     t0 = time.perf_counter()
     model = zoo.build_member(name, dataset, splits, seed, eps)
     train_s = time.perf_counter() - t0
     settings = audit_settings(reduced)
+    settings["n"] = n or settings["n"]
     t0 = time.perf_counter()
     result = run_audit(model, splits, eps=eps, seed=seed, progress=False, **settings)
     audit_s = time.perf_counter() - t0
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=",".join(map(str, CONFIG["seeds"])))
     parser.add_argument("--members", default=",".join(zoo.MEMBERS))
     parser.add_argument("--reduced", action="store_true", help="the calibration's cheaper audit instead of the CLI's defaults")
+    parser.add_argument("--n", type=int, default=None, help="audited points (default: the audit's; tests use a few)")
     parser.add_argument("--out", default=str(HERE / "results"), help="one JSON per (dataset, member, seed); reruns skip them")
     parser.add_argument("--report", default=str(REPO / "reports" / "zoo"), help="results.json and table.md go here")
     parser.add_argument("--data-dir", default=os.environ.get("MASKCHECK_SHARED_DATA"), help="folder holding MNIST/raw")
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 if path.is_file():
                     print(f"skip {path} (finished)", flush=True)
                     continue
-                row = run_one(dataset, name, seed, args.reduced, splits, eps)
+                row = run_one(dataset, name, seed, args.reduced, splits, eps, args.n)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(path, row)
                 print(f"{dataset} {name} s{seed}: {row['grade']} ({'; '.join(row['mechanisms']) or '-'}); quoted "
