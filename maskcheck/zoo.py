@@ -491,8 +491,8 @@ def adaptive_models(member: Member, model: nn.Module) -> list[nn.Module]:
         return [_with_flag(model, "unscaled", True)]
     if member.truth == "inference":
         return [model.model]
-    if member.truth == "eot":
-        return [attacks.EOT(model, 20).eval()]
+    if member.truth == "eot":  # a stochastic member's own battery already runs on EOT(model, 20): nothing to add
+        return []
     if member.truth == "smooth":
         return [_Smoothed(model, 0.05, 16).eval(), _relu_twin(model)]
     return []
@@ -517,7 +517,7 @@ def ground_truth(member: Member, model: nn.Module, x: torch.Tensor, y: torch.Ten
     """Per-point correctness (bool, True = still correct) under each ground-truth attack, and `truth`, their worst case.
 
     Standard battery on the member itself (PGD-CE, PGD-margin, APGD-CE, APGD-DLR at `TRUTH_STEPS`),
-    then the family's adaptive attack (PGD-CE and PGD-margin through each of `adaptive_models`). Every point is scored by the member's inference forward (majority over
+    then the same four through each of `adaptive_models` (the family's adaptive attack). Every point is scored by the member's inference forward (majority over
     `TRUTH_DRAWS` for a stochastic member). Also `pgd-ce`: PGD-CE-20 as a user runs it."""
     draws = TRUTH_DRAWS if member.stochastic else 1
     seed_everything(seed)
@@ -532,7 +532,7 @@ def ground_truth(member: Member, model: nn.Module, x: torch.Tensor, y: torch.Ten
         for tag, gm in grad_models.items():
             for loss in ("ce", "margin"):
                 parts[f"{tag}pgd-{loss}"] = _pgd_correct(gm, model, xb, yb, eps, loss, TRUTH_STEPS, seed, draws)
-            for loss in ("ce", "dlr") if not tag else ():  # APGD on the member only: the adaptive runs are PGD (cost)
+            for loss in ("ce", "dlr"):
                 parts[f"{tag}apgd-{loss}"] = _apgd_correct(gm, model, xb, yb, eps, loss, seed, draws, num_classes)
         for k, v in parts.items():
             out.setdefault(k, []).append(v.cpu())
