@@ -737,8 +737,8 @@ class StageClock:
         now = time.perf_counter()
         self.took[name] = now - self.begun.get(name, self.started)
         eta = self.eta(now)
-        left = "" if eta is None else f"; about {_fmt_s(eta)} left" if eta > 0 else ""
-        self.log(f"{self.stage}: {name}: {what} in {_fmt_s(self.took[name])} ({len(self.took)}/{len(self.weights)}{left})")
+        left = f", about {_fmt_s(eta)} left" if eta else ""
+        self.log(f"{self.stage}: {name}: {what} ({_fmt_s(self.took[name])}; {len(self.took)}/{len(self.weights)} done{left})")
 
     def eta(self, now: float | None = None) -> float | None:
         """Seconds left in this stage (None before any task has finished)."""
