@@ -30,8 +30,9 @@ def sweep_command(cfg: dict, out: Path, device: str, jobs: int, data_dir: str | 
         cmd += ["--seeds", ",".join(str(s) for s in cfg["seeds"])]
     else:
         cmd += ["--seed", str(cfg.get("seed", 0))]
-    if cfg.get("autoattack_standard") is False:  # skip FAB-T (only the AutoAttack-standard figure needs it)
-        cmd += ["--no-autoattack-standard"]
+    # FAB-T (only the AutoAttack-standard figure needs it) is opt-in since issue 23; a config without
+    # the key keeps the figure it had when FAB-T was the default
+    cmd += ["--autoattack-standard" if cfg.get("autoattack_standard", True) else "--no-autoattack-standard"]
     if cfg.get("arms"):
         cmd += ["--arms", ",".join(cfg["arms"])]
     if cfg.get("select_temperature"):

@@ -413,15 +413,93 @@ def _fab_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return _scored(model, a.perturb(x, y), y)
 
 
+# Square's budget on small inputs (issue 23). AutoAttack runs Square with a fixed schedule
+# (resc_schedule=False): the window's share p of the image halves at queries 10, 50, 200, 500, 1000,
+# 2000, 4000, ... (Andriushchenko et al. 2020, Sec. 3 and App. D; pyautoattack square.p_selection),
+# and the window side is round(sqrt(p * h * w)). AutoAttack's 5000 queries were set for 3x32x32
+# inputs, where the side never falls below 3 pixels within the budget (nor on MNIST's 28x28). On
+# 8x8 digits it reaches 1 pixel at query 1000, after which there is no finer stage: the attack is
+# random search over single pixels, h * w windows. Once there, the run stops when it has broken no
+# new point for SQUARE_STALL_SWEEPS sweeps over those h * w positions. Measured on a TRADES
+# and an LTD T=1 digits model (benchmarks/square_trace.md: 5000 queries on PGD-CE's survivors),
+# Square's 15 and 18 breaks fell by queries 1506 and 1303, none in the 3,500 queries after; the
+# longest run without a break inside the 1-pixel stage was 333 queries (5.2 sweeps). 8 sweeps is
+# ours, with margin over that: the stop came at 2018 / 1815 queries and lost no break. A budget
+# linear in the dimension (5000 x 64 / 3072 = 104) would have lost most of them (the schedule is
+# fixed in queries); the stall stop scales with the input through h * w and the stage it waits for.
+SQUARE_STALL_SWEEPS = 8
+
+
+class _SquareStalled(Exception):
+    """Raised inside SquareAttack's query loop to end it early; the best points so far are kept."""
+
+
+def _square_min_side_query(h: int, w: int, c: int, norm: str, p_init: float) -> int | None:
+    """The first query at which Square's window reaches its smallest side (1 px Linf, 3 px L2), or None
+    when the schedule never gets there (its last stage starts at query 8000)."""
+    from pyautoattack.square import SquareAttack
+
+    smallest = 1 if norm == "linf" else 3
+    probe = SquareAttack(None, p_init=p_init, resc_schedule=False)
+    for start in (0, 11, 51, 201, 501, 1001, 2001, 4001, 6001, 8001):
+        if max(int(round(math.sqrt(probe.p_selection(start) * h * w))), 1) <= smallest:
+            return start
+    return None
+
+
+def _stalling_square(base: type) -> type:
+    """pyautoattack's SquareAttack that stops once its window is at its smallest and no point has been
+    broken for `patience` queries (SQUARE_STALL_SWEEPS sweeps over the image's positions).
+
+    It hooks `margin_and_loss`, called once per query on the points still standing. The first call
+    of a run receives the run's `x_best`, which the attack then updates in place; stopping returns it,
+    so the points broken so far stay broken (every point is rescored by the model afterwards).
+    """
+
+    class StallingSquare(base):
+        def __init__(self, *args, patience_from: int | None, patience: int, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.patience_from, self.patience = patience_from, patience
+            self.queries_spent = 0
+
+        def attack_single_run(self, x, y):  # noqa: ANN001, ANN202 - pyautoattack's API
+            self._query, self._last_success, self._x_best = 0, 0, None
+            try:
+                return super().attack_single_run(x, y)
+            except _SquareStalled:
+                return None, self._x_best
+            finally:
+                self.queries_spent = max(self.queries_spent, self._query)
+
+        def margin_and_loss(self, x, y):  # noqa: ANN001, ANN202
+            margin, loss = super().margin_and_loss(x, y)
+            if self._x_best is None:
+                self._x_best = x
+                return margin, loss
+            self._query += 1
+            if bool((margin <= 0).any()):
+                self._last_success = self._query
+            elif (self.patience_from is not None and self._query >= self.patience_from
+                  and self._query - max(self._last_success, self.patience_from) >= self.patience):
+                raise _SquareStalled
+            return margin, loss
+
+    return StallingSquare
+
+
 @adapter("square", uses_gradients=False, own_eot=True, cost=lambda s: float(s.queries or 5000) * s.restarts)
 def _square(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
-    """Square (black-box, Andriushchenko et al. 2020) with AutoAttack standard's p_init 0.8."""
+    """Square (black-box, Andriushchenko et al. 2020) with AutoAttack standard's p_init 0.8 and schedule,
+    at most `queries`, stopped early once it stalls at its finest window (SQUARE_STALL_SWEEPS)."""
     from pyautoattack.square import SquareAttack
 
     from .config import derived_seed
 
-    sq = SquareAttack(model, norm=_aa_norm(env.norm), n_queries=spec.queries or env.square_queries, eps=spec.eps or env.eps,
-                      p_init=0.8, n_restarts=1, seed=derived_seed(env.seed, "square"), device=env.device, resc_schedule=False)
+    c, h, w = x.shape[1:] if x.ndim == 4 else (1, 1, x[0].numel())
+    sq = _stalling_square(SquareAttack)(
+        model, norm=_aa_norm(env.norm), n_queries=spec.queries or env.square_queries, eps=spec.eps or env.eps, p_init=0.8,
+        n_restarts=1, seed=derived_seed(env.seed, "square"), device=env.device, resc_schedule=False,
+        patience_from=_square_min_side_query(h, w, c, env.norm, 0.8), patience=SQUARE_STALL_SWEEPS * h * w)
     with torch.no_grad():
         return _scored(model, sq.perturb(x, y), y)
 

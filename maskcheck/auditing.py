@@ -507,7 +507,7 @@ def audit_points(splits_or_xy: Splits | tuple[torch.Tensor, torch.Tensor], n: in
 def audit_config(*, eps: float, norm: str = "linf", n: int = 1000, checks: str | Sequence[str] | None = None,
                  seed: int = 0, eot: int | None = None, square_queries: int = DEFAULT_SQUARE_QUERIES,
                  overrides: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 500,
-                 apgd_iters: int = APGD_ITERS, autoattack_standard: bool = True, bpda: str | None = None) -> AuditConfig:
+                 apgd_iters: int = APGD_ITERS, autoattack_standard: bool = False, bpda: str | None = None) -> AuditConfig:
     """An AuditConfig from keywords (the names `run_audit` accepts), validated with one-line errors."""
     if norm not in ("linf", "l2"):
         raise InputError(f"--norm must be linf or l2; got {norm!r}.")

@@ -64,7 +64,9 @@ class AuditConfig:
     apgd_iters: int = 100  # AutoAttack standard (autoattack.py _set_version)
     batch_size: int = 500
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    autoattack_standard: bool = True  # add FAB-T beside Square for robust_acc["autoattack-standard"]
+    # add FAB-T beside Square for robust_acc["autoattack-standard"]; opt-in (issue 23): no check reads FAB-T, and it
+    # was a third of a robust model's audit on CPU, a cost the quick start should not pay for a figure it does not show
+    autoattack_standard: bool = False
     bpda: str | None = None  # --bpda: 'surrogate' or 'identity:<submodule path>' (maskcheck.adaptive); None = automatic only
 
     def __post_init__(self) -> None:

@@ -31,7 +31,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -307,9 +307,26 @@ def sweep_devices(spec: str | torch.device) -> list[str]:
     return [str(dev)]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, cgroup cpusets), else os.cpu_count().
+
+    os.cpu_count() counts the machine's cores even where the process is pinned to fewer, and a
+    pool sized from it oversubscribes them (issue 23)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _worker_init(threads: int) -> None:
+    """Pin a worker to its share of the cores: `threads` intra-op threads and one inter-op thread,
+    so `workers x threads` never exceeds the cores (2 workers x 1 thread on 2 cores)."""
     die_with_parent()
     torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already ran in this process
+        pass
 
 
 def run_pool(
@@ -485,6 +502,7 @@ def run_sweep(
     teacher_acc: float | None = None,
     teacher_epochs: int | None = None,
     select: bool = False,
+    times: SweepTimes | None = None,
 ) -> dict[str, Any]:
     """Plan, write SWEEP/sweep.json, train every unfinished job; returns the manifest.
 
@@ -496,7 +514,8 @@ def run_sweep(
     sweep.json (`teachers`) and in every student's run.json (`teacher_info`).
     `select`: after training, run the paper's Sec. 4.2 temperature search (temperature.py) with
     the first seed's teacher, reusing the sweep's own ltd runs as the step-2 probes; the result is
-    `selected_temperature` in sweep.json.
+    `selected_temperature` in sweep.json. `times`: filled with the training stage's clock (an ETA
+    is logged as each job finishes).
     """
     if jobs < 1:
         raise InputError(f"--jobs must be a positive number of worker processes; got {jobs}.")
@@ -505,18 +524,25 @@ def run_sweep(
                              log=log, seeds=seeds, arms=arms, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs, select=select)
     manifest, plan, todo, path, settings = prepared.manifest, prepared.plan, prepared.todo, prepared.path, prepared.settings
     seed = prepared.seed
-    plan_ = plan_workers(jobs, sweep_devices(device), len(todo), os.cpu_count() or 1)
+    plan_ = plan_workers(jobs, sweep_devices(device), len(todo), usable_cores())
     if todo:
         log(f"training: {plan_.describe()}")
     tasks = [_TrainTask(j, str(out), dataset, seed, settings, str(data_dir) if data_dir else None,
                         progress and plan_.workers == 1, compile) for j in todo]
     run_dirs = {j.name: j.run_dir for j in plan}  # seed folders: a teacher is not always runs/<name>
-    started = time.perf_counter()
+    clock = StageClock("training", {j.name: estimate_seconds(j, dataset, settings) or 1.0 for j in todo}, log)
+
+    def started(t: _TrainTask, dev: str) -> None:
+        clock.start(t.job.name)
+        log(f"{t.job.name}: training" + (f" on {dev}" if plan_.workers > 1 else ""))
+
     run_pool(tasks, _train_task, plan_, name=lambda t: t.job.name, depends_on=lambda t: t.job.depends_on,
              ready_elsewhere=lambda d: d in run_dirs and checkpoint.is_complete_run(out / run_dirs[d]),
-             on_start=lambda t, dev: log(f"{t.job.name}: training" + (f" on {dev}" if plan_.workers > 1 else "")),
-             on_done=lambda t, _r: log(f"{t.job.name}: done"))
-    log(f"sweep finished in {time.perf_counter() - started:.1f} s ({len(todo)} trained, {len(plan) - len(todo)} skipped)")
+             on_start=started, on_done=lambda t, _r: clock.done(t.job.name))
+    clock.stop()
+    if times is not None:
+        times.training = clock
+    log(f"sweep finished in {clock.wall:.1f} s ({len(todo)} trained, {len(plan) - len(todo)} skipped)")
     manifest["teachers"] = teacher_facts(out, plan)
     if select:
         manifest["selected_temperature"] = select_sweep_temperature(out, plan, dataset, settings, device, data_dir, log)
@@ -656,25 +682,111 @@ def select_sweep_temperature(out: Path, plan: list[Job], dataset: str, settings:
 SECONDS_PER_EPOCH_CPU = {"digits": {"natural": 0.5, "adversarial": 1.7}, "mnist": {"natural": 20.0, "adversarial": 120.0}}
 
 
-def estimate_cost(plan: list[Job], dataset: str, settings: Mapping[str, Any]) -> str:
-    """A rough CPU estimate of the training time (no audit), from SECONDS_PER_EPOCH_CPU."""
+def estimate_seconds(job: Job, dataset: str, settings: Mapping[str, Any]) -> float | None:
+    """A rough CPU estimate of one job's training time, from SECONDS_PER_EPOCH_CPU (None: no rate for `dataset`)."""
     rates = SECONDS_PER_EPOCH_CPU.get(dataset)
     if rates is None:
+        return None
+    cfg = make_config(job.method, dataset, temperature=job.temperature, **{**settings, **dict(job.overrides)})
+    frac = 1.0 if cfg.max_train is None else min(1.0, cfg.max_train / {"digits": 1438, "mnist": 8000}[dataset])
+    kind = "adversarial" if job.method in ADVERSARIAL_METHODS else "natural"
+    return rates[kind] * cfg.epochs * frac * (cfg.attack_steps / DATASET_DEFAULTS[dataset]["attack_steps"] if kind == "adversarial" else 1)
+
+
+def estimate_cost(plan: list[Job], dataset: str, settings: Mapping[str, Any]) -> str:
+    """A rough CPU estimate of the training time (no audit), from SECONDS_PER_EPOCH_CPU."""
+    if dataset not in SECONDS_PER_EPOCH_CPU:
         return f"{len(plan)} runs (no CPU estimate for {dataset})"
-    total = 0.0
-    for j in plan:
-        cfg = make_config(j.method, dataset, temperature=j.temperature, **{**settings, **dict(j.overrides)})
-        frac = 1.0 if cfg.max_train is None else min(1.0, cfg.max_train / {"digits": 1438, "mnist": 8000}[dataset])
-        kind = "adversarial" if j.method in ("trades", "ltd", "pgd-at", "rslad") else "natural"
-        total += rates[kind] * cfg.epochs * frac * (cfg.attack_steps / DATASET_DEFAULTS[dataset]["attack_steps"] if kind == "adversarial" else 1)
+    total = sum(estimate_seconds(j, dataset, settings) or 0.0 for j in plan)
     return f"{len(plan)} runs, about {total / 60:.0f} min of training on 2 CPU cores (ours; audits extra)"
+
+
+# ------------------------------------------------------------------ ETA and where the time went
+
+ADVERSARIAL_METHODS = ("trades", "ltd", "pgd-at", "rslad")
+# Relative audit cost of an adversarially trained model to a natural or dd one, for the ETA only
+# (ours: in the committed digits reports' audit.json timings the natural and dd audits took 3-100 s,
+# the trades/ltd ones 130-370 s; their points stand, so every attack runs on all of them).
+AUDIT_WEIGHT_ADVERSARIAL = 6.0
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min"
+
+
+@dataclass
+class StageClock:
+    """Wall time of one pool stage (training, audits) and of each of its tasks, and an ETA.
+
+    The ETA is the stage's wall time so far scaled by the weight of the tasks left over the weight
+    of those done (a task's weight: its expected relative cost), so it holds for any number of
+    workers and sharpens as tasks finish. `log` gets one line per finished task.
+    """
+
+    stage: str
+    weights: dict[str, float]
+    log: Callable[[str], None] = lambda _msg: None
+    started: float = field(default_factory=time.perf_counter)
+    begun: dict[str, float] = field(default_factory=dict)
+    took: dict[str, float] = field(default_factory=dict)
+    ended: float | None = None
+
+    def start(self, name: str) -> None:
+        self.begun[name] = time.perf_counter()
+
+    def done(self, name: str, what: str = "done") -> None:
+        now = time.perf_counter()
+        self.took[name] = now - self.begun.get(name, self.started)
+        eta = self.eta(now)
+        left = f", about {_fmt_s(eta)} left" if eta else ""
+        self.log(f"{self.stage}: {name}: {what} ({_fmt_s(self.took[name])}; {len(self.took)}/{len(self.weights)} done{left})")
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left in this stage (None before any task has finished)."""
+        done = sum(self.weights.get(n, 1.0) for n in self.took)
+        left = sum(w for n, w in self.weights.items() if n not in self.took)
+        if done <= 0:
+            return None
+        return ((now or time.perf_counter()) - self.started) * left / done
+
+    def stop(self) -> None:
+        self.ended = time.perf_counter()
+
+    @property
+    def wall(self) -> float:
+        return (self.ended or time.perf_counter()) - self.started
+
+
+@dataclass
+class SweepTimes:
+    """Where a sweep's time went: training, each audit, the report (wall seconds), for its last lines."""
+
+    training: StageClock | None = None
+    audits: StageClock | None = None
+    report: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def summary(self) -> list[str]:
+        lines = []
+        if self.training is not None and self.training.took:
+            t = self.training
+            slow = max(t.took, key=t.took.get)
+            lines.append(f"training {_fmt_s(t.wall)} ({len(t.took)} runs; longest {slow} {_fmt_s(t.took[slow])})")
+        if self.audits is not None and self.audits.took:
+            a = self.audits
+            each = ", ".join(f"{n} {v:.0f}" for n, v in sorted(a.took.items(), key=lambda kv: -kv[1]))
+            lines.append(f"audits {_fmt_s(a.wall)} ({len(a.took)} models, seconds each: {each})")
+        if self.report is not None:
+            lines.append(f"report {_fmt_s(self.report)}")
+        total = time.perf_counter() - self.started
+        return [f"where the time went ({_fmt_s(total)} in all):", *(f"  {line}" for line in lines)]
 
 
 
 # -------------------------------------------------------------------------- audits
 
 def audit_settings_differ(audit: dict[str, Any], threat: dict[str, Any], n: int, seed: int, square_queries: int,
-                          heldout_size: Callable[[], int], autoattack_standard: bool = True) -> str | None:
+                          heldout_size: Callable[[], int], autoattack_standard: bool = False) -> str | None:
     """Why a stored audit.json does not answer the audit asked for (None: it does).
 
     Read from the JSON's `threat`, `n`, `provenance.seed`, the Square queries the black-box check
@@ -720,7 +832,7 @@ class _AuditTask:
     data_dir: str | None
     progress: bool
     label: str | None = None  # the model path audit.json records: the run folder relative to the sweep
-    autoattack_standard: bool = True  # also run FAB-T for the AutoAttack-standard figure (no check needs it)
+    autoattack_standard: bool = False  # also run FAB-T for the AutoAttack-standard figure (no check needs it)
 
 
 def _audit_task(task: _AuditTask, device: str) -> str:
@@ -750,26 +862,39 @@ def audit_sweep(
     jobs: int = 1,
     progress: bool = True,
     include_teachers: bool = False,
-    autoattack_standard: bool = True,
+    autoattack_standard: bool = False,
     log: Callable[[str], None] = lambda msg: None,
+    times: SweepTimes | None = None,
 ) -> list[Path]:
     """Audit every finished run of a sweep into RUN/audit.json, on the sweep's worker pool.
 
     A run whose audit.json was made with the settings asked for is kept, so this resumes like the
     sweep does; one audited with other settings (n, seed, Square queries, threat model) is
     audited again. dd teachers are intermediates (their students are the sweep's dd models) and
-    are skipped unless `include_teachers`. `autoattack_standard=False` skips FAB-T, which only the
+    are skipped unless `include_teachers`. `autoattack_standard=True` adds FAB-T, which only the
     AutoAttack-standard figure uses (about a third of a robust model's audit on CPU; no check needs it).
+    An ETA is logged as each audit finishes; `times` gets the stage's clock (each audit's wall time).
     """
     todo, done = plan_audits(sweep_dir, n=n, seed=seed, square_queries=square_queries, data_dir=data_dir, progress=progress,
                              include_teachers=include_teachers, autoattack_standard=autoattack_standard, log=log)
-    plan = plan_workers(jobs, sweep_devices(device), len(todo), os.cpu_count() or 1)
+    plan = plan_workers(jobs, sweep_devices(device), len(todo), usable_cores())
     if todo:
         log(f"audit: {plan.describe()}")
     if plan.workers > 1:
         todo = [_AuditTask(**{**asdict(t), "progress": False}) for t in todo]
-    run_pool(todo, _audit_task, plan, name=lambda t: t.name, on_done=lambda t, verdict: log(f"audit: {t.name}: {verdict}"))
+    clock = StageClock("audit", {t.name: _audit_weight(t) for t in todo}, log)
+    run_pool(todo, _audit_task, plan, name=lambda t: t.name, on_start=lambda t, _dev: clock.start(t.name),
+             on_done=lambda t, verdict: clock.done(t.name, verdict))
+    clock.stop()
+    if times is not None:
+        times.audits = clock
     return done + [Path(t.run_dir) / "audit.json" for t in todo]
+
+
+def _audit_weight(task: _AuditTask) -> float:
+    """A model's expected audit cost relative to a natural one, for the ETA (AUDIT_WEIGHT_ADVERSARIAL)."""
+    method = task.name.split("-")[0]
+    return AUDIT_WEIGHT_ADVERSARIAL if method in ADVERSARIAL_METHODS or task.name.startswith("pgd-at") else 1.0
 
 
 def plan_audits(
@@ -782,7 +907,7 @@ def plan_audits(
     progress: bool,
     include_teachers: bool = False,
     include_untrained: bool = False,
-    autoattack_standard: bool = True,
+    autoattack_standard: bool = False,
     log: Callable[[str], None] = lambda msg: None,
 ) -> tuple[list[_AuditTask], list[Path]]:
     """The audits `audit_sweep` would run (and the audit.json files that are current), for any launcher.

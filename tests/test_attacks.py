@@ -184,3 +184,47 @@ def test_an_attack_registers_its_facts_with_the_adapter() -> None:
         ADAPTERS.pop("toy", None), ADAPTERS.pop("toy-free", None)
     assert not ADAPTERS["square"].uses_gradients and ADAPTERS["apgd"].own_eot and not ADAPTERS["pgd"].own_eot
     assert not ADAPTERS["noise"].rescored  # noise returns no point: foolbox's no-grad verdict stands
+
+
+def _square_case():
+    """A random linear classifier on 8x8 one-channel inputs (digits' shape) at an eps where Square
+    breaks some points early, some late and leaves the rest standing."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return net, x, y
+
+
+def test_square_stops_once_stalled_and_keeps_every_break_so_far() -> None:
+    """Issue 23: the stalled run is the full run's prefix (same seed, same schedule): it returns
+    exactly what a run of the queries it spent returns, its breaks included. (A shorter patience than
+    the audit's, SQUARE_STALL_SWEEPS * h * w from the 1-pixel stage, to keep the test quick; how
+    long a patience loses nothing is measured, benchmarks/square_trace.md.)"""
+    from pyautoattack.square import SquareAttack
+
+    from maskcheck.attacks import _stalling_square
+
+    net, x, y = _square_case()
+    common = dict(norm="Linf", eps=0.05, p_init=0.8, n_restarts=1, seed=3, device=torch.device("cpu"), resc_schedule=False)
+    stalled = _stalling_square(SquareAttack)(net, n_queries=1500, patience_from=201, patience=200, **common)
+    with torch.no_grad():
+        adv = stalled.perturb(x, y)
+        spent = stalled.queries_spent
+        assert 201 + 200 <= spent < 1500
+        prefix = SquareAttack(net, n_queries=spent - 1, **common).perturb(x, y)  # the queries completed before the stop
+        full = SquareAttack(net, n_queries=1500, **common).perturb(x, y)
+        broken, broken_full = ((net(a).argmax(1) != y) for a in (adv, full))
+    assert torch.equal(adv, prefix)
+    assert 0 < int(broken.sum()) < int(broken_full.sum())  # this short patience did stop while breaks were still to come
+    assert not (broken & ~broken_full).any()
+
+
+def test_square_stall_starts_at_the_finest_window_of_the_input() -> None:
+    """8x8 digits reach 1-pixel windows at query 1001; CIFAR-10 and MNIST only at 8001, past
+    AutoAttack's 5000, so their Square runs as AutoAttack's, never stopped early."""
+    from maskcheck.attacks import _square_min_side_query
+
+    assert _square_min_side_query(8, 8, 1, "linf", 0.8) == 1001
+    assert _square_min_side_query(32, 32, 3, "linf", 0.8) == _square_min_side_query(28, 28, 1, "linf", 0.8) == 8001

@@ -205,7 +205,8 @@ def test_autoattack_standard_figure_matches_pyautoattack() -> None:
 
     n = 30
     model = honest_cnn()
-    result = run_audit(model, digits(), eps=0.1, n=n, seed=0, progress=False, checks=["black-box-gap"])
+    result = run_audit(model, digits(), eps=0.1, n=n, seed=0, progress=False, checks=["black-box-gap"],
+                       autoattack_standard=True)
     x, y = digits().heldout_tensors(n)
     adversary = AutoAttack(model, norm="Linf", eps=0.1, version="standard", seed=0, device="cpu")
     x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=n)  # returns (x_adv, y_adv)

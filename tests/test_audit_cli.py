@@ -77,16 +77,19 @@ def test_fail_on_grades(tmp_path, capsys) -> None:
     assert _main([*args, "--fail-on", "never"]) == 2
 
 
-def test_no_autoattack_standard_skips_fab_t_for_a_model_and_for_a_sweep(tmp_path, monkeypatch) -> None:
-    """FAB-T runs only for the AutoAttack-standard figure: with the flag the figure is absent and the
-    config says so; on a sweep folder the flag reaches the sweep's audit stage (its re-audit rule)."""
+def test_autoattack_standard_is_opt_in_for_a_model_and_for_a_sweep(tmp_path, monkeypatch) -> None:
+    """FAB-T runs only for the AutoAttack-standard figure, and only when asked (issue 23): by default
+    the figure is absent and the config says so; --no-autoattack-standard is the default, still
+    accepted; on a sweep folder the flag reaches the sweep's audit stage (its re-audit rule)."""
     run = _run_folder(tmp_path / "natural")
     args = [str(run), "--n", "30", "--square-queries", "50", "--quiet", "--checks", "black-box-gap"]
-    assert _main([*args, "--out", str(tmp_path / "with.json")]) == 0
-    assert _main([*args, "--no-autoattack-standard", "--out", str(tmp_path / "without.json")]) == 0
-    with_fab, without = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("with", "without"))
+    assert _main([*args, "--autoattack-standard", "--out", str(tmp_path / "with.json")]) == 0
+    assert _main([*args, "--out", str(tmp_path / "without.json")]) == 0
+    assert _main([*args, "--no-autoattack-standard", "--out", str(tmp_path / "alias.json")]) == 0
+    with_fab, without, alias = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("with", "without", "alias"))
     assert with_fab["config"]["autoattack_standard"] is True and "autoattack-standard" in with_fab["robust_acc"]
     assert without["config"]["autoattack_standard"] is False and "autoattack-standard" not in without["robust_acc"]
+    assert alias["config"] == without["config"] and alias["robust_acc"] == without["robust_acc"]
     assert without["robust_acc"]["square"] == with_fab["robust_acc"]["square"]  # the rest of the audit is unchanged
 
     from maskcheck import sweep
@@ -95,8 +98,10 @@ def test_no_autoattack_standard_skips_fab_t_for_a_model_and_for_a_sweep(tmp_path
     monkeypatch.setattr(sweep, "audit_sweep", lambda sweep_dir, **kw: seen.update(kw) or [])
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.json").write_text("{}")
-    assert _main([str(tmp_path / "sweep"), "--quiet", "--no-autoattack-standard", "--jobs", "2"]) == 0
-    assert seen["autoattack_standard"] is False and seen["jobs"] == 2
+    assert _main([str(tmp_path / "sweep"), "--quiet", "--autoattack-standard", "--jobs", "2"]) == 0
+    assert seen["autoattack_standard"] is True and seen["jobs"] == 2
+    assert _main([str(tmp_path / "sweep"), "--quiet", "--no-autoattack-standard"]) == 0
+    assert seen["autoattack_standard"] is False
 
 
 def test_jobs_is_for_a_sweep_folder(tmp_path, capsys) -> None:

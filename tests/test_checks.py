@@ -303,3 +303,17 @@ def test_autoattack_flags_says_when_eot_had_not_converged() -> None:
     assert res.evidence["eot_extra_breaks"] == 30
     more[1:30] = True
     assert "EOT not converged" not in check.evaluate(ctx).mechanism
+
+
+def test_random_sampling_draws_are_sized_by_tolerance_and_alpha() -> None:
+    """Issue 23: draws per point from the binomial miss probability, not a fixed 1,000: a point with
+    `tolerance` of its ball misclassified survives R draws with probability (1 - tolerance)^R <= alpha."""
+    check = make_check("random-sampling")
+    r = check.draws
+    assert (1 - check.tolerance) ** r <= check.alpha < (1 - check.tolerance) ** (r - 1)  # the fewest draws that do it
+    assert r == 459
+    assert make_check("random-sampling", {"tolerance": 0.0046}).draws >= 999  # the former fixed 1,000
+    assert make_check("random-sampling", {"repeats": 100}).draws == 100  # explicit draws win (calibration's quick audit)
+    for bad in ({"tolerance": 0.0}, {"tolerance": 1.0}, {"alpha": 0.0}, {"repeats": 0}):
+        with pytest.raises(InputError):
+            make_check("random-sampling", bad)

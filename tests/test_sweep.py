@@ -233,10 +233,10 @@ def test_audit_sweep_reaudits_on_changed_settings_not_on_file_times(tmp_path: Pa
     assert sum("settings changed (n 10 -> 12)" in m for m in log) == 2
     assert all(json.loads(p.read_text())["n"] == 12 for p in audits.values())
     log.clear()
-    audit_sweep(sweep, n=12, log=log.append, autoattack_standard=False, **quick)  # FAB-T off: a different audit
-    assert sum("autoattack standard True -> False" in m for m in log) == 2
-    assert all(json.loads(p.read_text())["config"]["autoattack_standard"] is False for p in audits.values())
-    assert all("autoattack-standard" not in json.loads(p.read_text())["robust_acc"] for p in audits.values())
+    audit_sweep(sweep, n=12, log=log.append, autoattack_standard=True, **quick)  # FAB-T asked for: a different audit
+    assert sum("autoattack standard False -> True" in m for m in log) == 2
+    assert all(json.loads(p.read_text())["config"]["autoattack_standard"] is True for p in audits.values())
+    assert all("autoattack-standard" in json.loads(p.read_text())["robust_acc"] for p in audits.values())
 
 
 def test_a_converged_teacher_trains_at_constant_lr() -> None:

@@ -125,6 +125,7 @@ def smoke(cfg: dict, args: argparse.Namespace) -> int:
     print_hours(full_protocol_hours(cfg, epochs, rates, {}), "training only so far; measured by this smoke run")
     t1 = time.perf_counter()
     audit_sweep(out, n=args.audit_n, seed=cfg["seed"], square_queries=args.square_queries, device=args.device,
+                autoattack_standard=True,  # the paper's Table IV compares AutoAttack standard (FAB-T opt-in since issue 23)
                 data_dir=args.data_dir, jobs=args.jobs, progress=False, log=log)
     stages["audit_s"] = time.perf_counter() - t1
     audit_s = measured_audit_seconds(out, args.square_queries)
