@@ -21,13 +21,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import pgd
-from .base import ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode, kl_from_probs, kl_per_example, split_views
+from .base import (ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode, kl_from_probs, kl_per_example,
+                   probed, split_views)
 
 
 def ce_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     """x' maximising CE(f(x'), y) on the hard label (LTD's inner attack): eval mode, Gaussian start."""
     with eval_mode(model), autocast_ctx(ctx):
-        return pgd(model, x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
+        return pgd(probed(model, ctx), x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
                    loss="ce", start="gaussian", generator=ctx.generator).x_adv
 
 
@@ -53,7 +54,7 @@ def kl_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.
     """x' maximising KL(target || softmax(f(x'))), TRADES-style (eval mode, Gaussian start)."""
     with eval_mode(model), autocast_ctx(ctx):
         result = pgd(
-            model, x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
+            probed(model, ctx), x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
             loss=lambda logits, _y: kl_from_probs(target, logits), start="gaussian", generator=ctx.generator,
         )
     return result.x_adv
