@@ -53,6 +53,7 @@ from .models import build_model
 LAST_CKPT = "last.ckpt"
 INNER_LOSSES = ("ce", "kl")  # --inner: the loss of the inner maximisation (trades, ltd ablations)
 INNER_METHODS = ("trades", "ltd")
+INNER_STARTS = ("gaussian", "uniform", "none")  # issue 24 ablation of TRADES' 0.001 N(0, 1) start
 # --precision: the autocast dtype of every forward (inner attack, teacher, loss); fp32 = no autocast.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The live collapse warning (issue 24): the inner attack moved no point on more than this share of its
@@ -116,6 +117,7 @@ class TrainConfig:
     final_eval_n: int = 2000  # held-out points attacked for the recorded metrics.pgd_acc
     beta: float = 6.0
     inner: str | None = None  # trades/ltd inner attack loss: "ce" | "kl"; None = the method's own (trades kl, ltd ce)
+    inner_start: str | None = None  # trades/ltd inner attack start: gaussian (None: TRADES' x + 0.001 N(0, 1)) | uniform | none
     temperature: float | None = None  # distillation temperature T (dd, ltd)
     tau: float = 1.0  # ltd's fixed student temperature, inside forward at train and test
     awp: bool = False
@@ -149,6 +151,9 @@ class TrainConfig:
         if self.inner is not None and (self.inner not in INNER_LOSSES or self.method not in INNER_METHODS):
             raise InputError(f"--inner takes {' or '.join(INNER_LOSSES)} for {', '.join(INNER_METHODS)}; "
                              f"got {self.inner!r} for {self.method}.")
+        if self.inner_start is not None and (self.inner_start not in INNER_STARTS or self.method not in INNER_METHODS):
+            raise InputError(f"the inner attack's start takes {', '.join(INNER_STARTS)} for {', '.join(INNER_METHODS)}; "
+                             f"got {self.inner_start!r} for {self.method}.")
         if self.stop_train_acc is not None and not 0 < self.stop_train_acc <= 1:
             raise InputError(f"the teacher's target training accuracy must lie in (0, 1]; got {self.stop_train_acc}.")
         if self.optimizer not in ("adam", "sgd"):
@@ -350,6 +355,7 @@ def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | Non
     autocast, scaler = _amp_factory(device, precision)
     ctx = StepContext(eps=cfg.eps, norm=cfg.norm, attack_steps=cfg.attack_steps, attack_step_size=cfg.attack_step_size,
                       teacher=teacher, generator=torch.Generator(device=device), autocast=autocast,
+                      inner_start=cfg.inner_start or "gaussian",
                       inner_stats=InnerStats() if method.adversarial else None)
     awp = AWP(gamma=cfg.awp_gamma or 0.0, warmup=cfg.awp_warmup or 0) if cfg.awp else None
     return TrainState(cfg, model, wrapped, make_optimizer(cfg, model), method, ctx, awp, scaler, channels_last,

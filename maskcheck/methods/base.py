@@ -44,6 +44,7 @@ class StepContext:
     teacher: nn.Module | None = None
     generator: torch.Generator | None = None
     autocast: Any = None  # a context-manager factory (AMP on CUDA, --precision bf16|fp16); None -> no autocast
+    inner_start: str = "gaussian"  # trades/ltd/rslad inner attack start (TRADES: x + 0.001 N(0, 1)); issue 24 ablation
     inner_stats: "InnerStats | None" = None  # counts the inner attack's zero gradients when set (training loop)
 
 

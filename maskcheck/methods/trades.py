@@ -5,6 +5,7 @@ Reference: `yaodongyu/TRADES/trades.py::trades_loss`; methods.md section 4.
   sign steps, projected to the eps-ball and [0, 1] (maskcheck.attacks.pgd with start="gaussian");
 * `inner="ce"` (ablation, issue 17): PGD-CE on the hard label instead, with the same start and
   steps -- LTD's inner attack, to separate the effect of the attack loss from that of the labels;
+* `ctx.inner_start` (issue 24 ablation): "uniform" (PGD-AT's) or "none" in place of the Gaussian start;
 * loss: KL with batchmean reduction (`KLDivLoss(size_average=False) / batch_size`), beta 6, and the
   clean target is *not* detached: gradients flow through both arguments (methods.md pitfall 5).
 maskcheck.attacks.pgd returns each example's strongest point (not the last iterate); with sign
@@ -29,7 +30,7 @@ def ce_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepConte
     """x' maximising CE(f(x'), y) on the hard label (LTD's inner attack): eval mode, Gaussian start."""
     with eval_mode(model), autocast_ctx(ctx):
         return pgd(probed(model, ctx), x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
-                   loss="ce", start="gaussian", generator=ctx.generator).x_adv
+                   loss="ce", start=ctx.inner_start, generator=ctx.generator).x_adv
 
 
 def clean_target(model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -55,7 +56,7 @@ def kl_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.
     with eval_mode(model), autocast_ctx(ctx):
         result = pgd(
             probed(model, ctx), x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
-            loss=lambda logits, _y: kl_from_probs(target, logits), start="gaussian", generator=ctx.generator,
+            loss=lambda logits, _y: kl_from_probs(target, logits), start=ctx.inner_start, generator=ctx.generator,
         )
     return result.x_adv
 
