@@ -131,7 +131,8 @@ def audit(run_dir: Path, audit_cfg: dict[str, Any], seed: int, device: str) -> d
     t0 = time.perf_counter()
     result = run_audit(loaded, load_dataset(loaded.info.name), eps=eps, norm=norm, n=audit_cfg["n"], seed=seed,
                        square_queries=audit_cfg["square_queries"], apgd_iters=audit_cfg["apgd_iters"],
-                       autoattack_standard=audit_cfg["autoattack_standard"], device=device, progress=False)
+                       autoattack_standard=audit_cfg["autoattack_standard"], overrides=audit_cfg.get("overrides"),
+                       device=device, progress=False)
     result.save(run_dir / "audit.json")
     d = result.to_dict()
     return {"n": d["n"], "clean_acc": d["clean_acc"], "robust_acc": d["robust_acc"], "grade": d["verdict"]["grade"],
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ds_cfg = cfg["datasets"][args.dataset]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ds_cfg["seeds"]
     plan = arms(ds_cfg["grid"])
+    first = {a: i for i, a in enumerate(ds_cfg.get("order", []))}  # the most telling arms first: results arrive in that order
+    plan.sort(key=lambda a: first.get(a["id"], len(first)))
     if args.arms:
         wanted = set(args.arms.split(","))
         plan = [a for a in plan if a["id"] in wanted]
