@@ -125,3 +125,14 @@ def test_an_ordinary_run_does_not_warn_and_records_its_precision(tmp_path: Path,
     assert run["config"]["precision"] == "bf16" and run["config"]["autocast_dtype"] == "bf16"
     for h in run["metrics"]["history"]:
         assert h["train_robust_acc"] < MIN_TRAIN_ROBUST and h["inner_zero_steps"] == 0.0
+
+
+def test_a_sweep_job_warns_live_with_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from maskcheck import sweep
+
+    real = training.build_model
+    monkeypatch.setattr(training, "build_model", lambda *a, **k: ZeroInputGradient(real(*a, **k)))
+    job = sweep.Job("trades-s3", "trades", None, None, "runs/s3/trades", seed=3)
+    sweep.execute_job(job, str(tmp_path), "digits", 0, {**QUICK, "epochs": 1, "precision": "bf16"}, "cpu", None, False)
+    assert "maskcheck: warning: trades-s3 epoch 1/1" in capsys.readouterr().err  # workers run with log=None: stderr still
