@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,11 +68,12 @@ def arms(grid: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def soft_entropy(teacher_dir: Path, dataset: str, temperature: float, max_train: int | None, device: str) -> dict[str, float]:
+def soft_entropy(teacher_dir: Path, dataset: str, temperature: float, max_train: int | None, device: str,
+                 data_dir: Path | None = None) -> dict[str, float]:
     """The teacher's soft labels at T on (up to 5000) training points: mean entropy / log C and logit spread."""
     import torch
 
-    logits = teacher_logits(teacher_dir, dataset, max_train, device)
+    logits = teacher_logits(teacher_dir, dataset, max_train, device, data_dir)
     p = torch.softmax(logits / temperature, 1)
     h = -(torch.xlogy(p, p)).sum(1) / math.log(logits.shape[1])
     return {"entropy": float(h.mean()), "logit_std": float(logits.std(1).mean()), "top_prob": float(p.max(1).values.mean())}
@@ -80,7 +82,7 @@ def soft_entropy(teacher_dir: Path, dataset: str, temperature: float, max_train:
 _LOGITS: dict[tuple[str, str], Any] = {}
 
 
-def teacher_logits(teacher_dir: Path, dataset: str, max_train: int | None, device: str) -> Any:
+def teacher_logits(teacher_dir: Path, dataset: str, max_train: int | None, device: str, data_dir: Path | None = None) -> Any:
     import torch
 
     from maskcheck import checkpoint
@@ -88,7 +90,7 @@ def teacher_logits(teacher_dir: Path, dataset: str, max_train: int | None, devic
 
     key = (str(teacher_dir), dataset)
     if key not in _LOGITS:
-        train = load_dataset(dataset).train
+        train = load_dataset(dataset, data_dir).train
         n = min(len(train), max_train or len(train), 5000)
         x = torch.stack([train[i][0] for i in range(n)])
         x = x.float().div(255) if x.dtype == torch.uint8 else x
@@ -98,30 +100,31 @@ def teacher_logits(teacher_dir: Path, dataset: str, max_train: int | None, devic
     return _LOGITS[key]
 
 
-def temperature_for_entropy(teacher_dir: Path, dataset: str, level: float, max_train: int | None, device: str) -> float:
+def temperature_for_entropy(teacher_dir: Path, dataset: str, level: float, max_train: int | None, device: str,
+                            data_dir: Path | None = None) -> float:
     """T at which the teacher's mean normalised soft-label entropy equals `level` (bisection on log T)."""
     lo, hi = math.log(0.05), math.log(1e5)
     for _ in range(60):
         mid = (lo + hi) / 2
-        if soft_entropy(teacher_dir, dataset, math.exp(mid), max_train, device)["entropy"] < level:
+        if soft_entropy(teacher_dir, dataset, math.exp(mid), max_train, device, data_dir)["entropy"] < level:
             lo = mid
         else:
             hi = mid
     return round(math.exp((lo + hi) / 2), 3)
 
 
-def train_teacher(ds_cfg: dict[str, Any], dataset: str, seed: int, runs: Path, device: str) -> Path:
+def train_teacher(ds_cfg: dict[str, Any], dataset: str, seed: int, runs: Path, device: str, data_dir: Path | None = None) -> Path:
     from maskcheck import checkpoint
     from maskcheck.training import make_config, train_run
 
     out = runs / "natural"
     if not checkpoint.is_complete_run(out):
         cfg = make_config("natural", dataset, seed=seed, **{**ds_cfg.get("train", {}), **ds_cfg.get("teacher", {})})
-        train_run(cfg, out, device=device, progress=False, log=lambda m: print(m, flush=True))
+        train_run(cfg, out, device=device, data_dir=data_dir, progress=False, log=lambda m: print(m, flush=True))
     return out
 
 
-def audit(run_dir: Path, audit_cfg: dict[str, Any], seed: int, device: str) -> dict[str, Any]:
+def audit(run_dir: Path, audit_cfg: dict[str, Any], seed: int, device: str, data_dir: Path | None = None) -> dict[str, Any]:
     from maskcheck.auditing import run_audit, run_threat
     from maskcheck.checkpoint import load_model
     from maskcheck.data import load_dataset
@@ -129,7 +132,7 @@ def audit(run_dir: Path, audit_cfg: dict[str, Any], seed: int, device: str) -> d
     loaded = load_model(run_dir, device=device)
     eps, norm = run_threat(loaded)
     t0 = time.perf_counter()
-    result = run_audit(loaded, load_dataset(loaded.info.name), eps=eps, norm=norm, n=audit_cfg["n"], seed=seed,
+    result = run_audit(loaded, load_dataset(loaded.info.name, data_dir), eps=eps, norm=norm, n=audit_cfg["n"], seed=seed,
                        square_queries=audit_cfg["square_queries"], apgd_iters=audit_cfg["apgd_iters"],
                        autoattack_standard=audit_cfg["autoattack_standard"], overrides=audit_cfg.get("overrides"),
                        device=device, progress=False)
@@ -142,30 +145,31 @@ def audit(run_dir: Path, audit_cfg: dict[str, Any], seed: int, device: str) -> d
 
 
 def run_arm(arm: dict[str, Any], ds_cfg: dict[str, Any], audit_cfg: dict[str, Any], dataset: str, seed: int, runs: Path,
-            teacher: Path, device: str) -> dict[str, Any]:
+            teacher: Path, device: str, data_dir: Path | None = None) -> dict[str, Any]:
     from maskcheck.training import make_config, train_run
 
     train = ds_cfg.get("train", {})
     temperature = arm.get("temperature")
     if arm.get("entropy") is not None:
-        temperature = temperature_for_entropy(teacher, dataset, arm["entropy"], train.get("max_train"), device)
+        temperature = temperature_for_entropy(teacher, dataset, arm["entropy"], train.get("max_train"), device, data_dir)
     cfg = make_config(arm["method"], dataset, name=arm["id"], seed=seed, temperature=temperature,
                       **{**train, **arm["overrides"]})
     run_dir = runs / arm["id"]
     from maskcheck import checkpoint
 
     if not checkpoint.is_complete_run(run_dir):
-        train_run(cfg, run_dir, device=device, teacher_dir=teacher if arm["method"] == "ltd" else None, progress=False)
+        train_run(cfg, run_dir, device=device, teacher_dir=teacher if arm["method"] == "ltd" else None, data_dir=data_dir,
+                  progress=False)
     run = json.loads((run_dir / "run.json").read_text())
     m = run["metrics"]
     keep = ("epoch", "train_acc", "clean_acc", "pgd_acc", "train_robust_acc", "inner_zero_steps", "inner_zero_coords")
     return {
         "dataset": dataset, "seed": seed, "arm": arm["id"], "group": arm["group"], "method": arm["method"],
         "temperature": temperature, "target_entropy": arm.get("entropy"), "config": run["config"],
-        "soft_labels": soft_entropy(teacher, dataset, temperature, train.get("max_train"), device) if temperature else None,
+        "soft_labels": soft_entropy(teacher, dataset, temperature, train.get("max_train"), device, data_dir) if temperature else None,
         "history": [{k: h.get(k) for k in keep} for h in m["history"]],
         "clean_acc": m["clean_acc"], "pgd_acc": m["pgd_acc"], "train_seconds": m["train_seconds"],
-        "audit": audit(run_dir, audit_cfg, seed, device),
+        "audit": audit(run_dir, audit_cfg, seed, device, data_dir),
     }
 
 
@@ -189,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default=None, help="only these arm ids (comma-separated)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", default=str(REPO / "runs" / "table-iv-mechanism"))
+    parser.add_argument("--data-dir", default=None, help="overrides the config's data folder (MNIST: ../shared/data)")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args(argv)
@@ -199,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads((HERE / "config.json").read_text())
     ds_cfg = cfg["datasets"][args.dataset]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ds_cfg["seeds"]
+    # --data-dir, else $MASKCHECK_SHARED_DATA (where the tests look), else the config's folder relative to the repository
+    shared = os.environ.get("MASKCHECK_SHARED_DATA")
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is None and ds_cfg.get("data_dir"):
+        data_dir = Path(shared) if shared else REPO / ds_cfg["data_dir"]
     plan = arms(ds_cfg["grid"])
     first = {a: i for i, a in enumerate(ds_cfg.get("order", []))}  # the most telling arms first: results arrive in that order
     plan.sort(key=lambda a: first.get(a["id"], len(first)))
@@ -211,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.dataset} seed {seed}: {len(plan)} arms, {len(todo)} to run: {', '.join(a['id'] for a in todo)}", flush=True)
         if args.dry_run or not todo:
             continue
-        teacher = train_teacher(ds_cfg, args.dataset, seed, runs, args.device)
+        teacher = train_teacher(ds_cfg, args.dataset, seed, runs, args.device, data_dir)
         for arm in todo:
             t0 = time.perf_counter()
-            record = run_arm(arm, ds_cfg, cfg["audit"], args.dataset, seed, runs, teacher, args.device)
+            record = run_arm(arm, ds_cfg, cfg["audit"], args.dataset, seed, runs, teacher, args.device, data_dir)
             out = results / args.dataset / f"s{seed}" / f"{arm['id']}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".tmp")
