@@ -173,9 +173,55 @@ def run_arm(arm: dict[str, Any], ds_cfg: dict[str, Any], audit_cfg: dict[str, An
     }
 
 
+def probe(run_dir: Path, dataset: str, seed: int, device: str, data_dir: Path | None = None, n: int = 512) -> dict[str, Any]:
+    """The issue's precision mechanism without training: one trained student, both inner attacks at each precision.
+
+    On the first n training points, per precision and inner loss (TRADES' KL, LTD's CE; same
+    start, steps and step size as training): the share of all-zero input gradients (zero steps),
+    of zero coordinates, the inner objective's mean value at the start point, and the share of
+    points the attack leaves correct (the training-phase robust accuracy of that one attack).
+    """
+    import torch
+
+    from maskcheck import checkpoint
+    from maskcheck.data import load_dataset
+    from maskcheck.methods.base import InnerStats, StepContext
+    from maskcheck.methods.trades import clean_target, inner_attack
+    from maskcheck.methods.base import kl_from_probs
+    from maskcheck.training import PRECISIONS
+
+    loaded = checkpoint.load_run(run_dir, device)
+    model, run = loaded.model.eval(), json.loads((run_dir / "run.json").read_text())
+    train = load_dataset(dataset, data_dir).train
+    x = torch.stack([train[i][0] for i in range(min(n, len(train)))])
+    x = (x.float().div(255) if x.dtype == torch.uint8 else x).to(device)
+    y = torch.stack([torch.as_tensor(train[i][1]) for i in range(len(x))]).to(device)
+    cfg = run["config"]
+    out: dict[str, Any] = {"run": run["name"], "n": len(x), "rows": []}
+    for prec, dtype in PRECISIONS.items():
+        autocast = (lambda dtype=dtype: torch.autocast(torch.device(device).type, dtype=dtype)) if dtype is not None else None
+        for inner in ("kl", "ce"):
+            stats = InnerStats()
+            gen = torch.Generator(device=device).manual_seed(seed)
+            ctx = StepContext(eps=cfg["eps"], norm=cfg["norm"], attack_steps=cfg["attack_steps"], attack_step_size=cfg["attack_step_size"],
+                              generator=gen, autocast=autocast, inner_stats=stats)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                start = x + 0.001 * torch.randn(x.shape, generator=torch.Generator(device=device).manual_seed(seed), device=device)
+                with (autocast() if autocast else torch.autocast("cpu", enabled=False)):
+                    kl0 = kl_from_probs(clean_target(model, x, ctx), model(start)).mean().item()
+            x_adv = torch.cat([inner_attack(inner, model, x[i:i + 128], y[i:i + 128], ctx) for i in range(0, len(x), 128)])
+            with torch.no_grad():
+                robust = float((model(x_adv).argmax(1) == y).float().mean())
+            out["rows"].append({"precision": prec, "inner": inner, **stats.shares(), "inner_kl_at_start": kl0,
+                                "robust_after_attack": robust, "seconds": time.perf_counter() - t0})
+            print(run["name"], prec, inner, out["rows"][-1], flush=True)
+    return out
+
+
 def summary(results: Path) -> str:
     rows = ["dataset seed arm                      T      H     prec  trainRob zero%  clean  pgd   worst  grade"]
-    for f in sorted(results.rglob("*.json")):
+    for f in sorted(p for p in results.rglob("*.json") if p.parent.name != "probe"):
         r = json.loads(f.read_text())
         h = r["history"][-1] if r["history"] else {}
         sl = r.get("soft_labels") or {}
@@ -196,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="overrides the config's data folder (MNIST: ../shared/data)")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--probe", default=None, help="arm ids of trained runs: zero steps of both inner attacks at each precision")
     args = parser.parse_args(argv)
     results = HERE / "results"
     if args.summary:
@@ -215,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.arms:
         wanted = set(args.arms.split(","))
         plan = [a for a in plan if a["id"] in wanted]
+    if args.probe:
+        for seed in seeds:
+            for arm_id in args.probe.split(","):
+                rec = probe(Path(args.runs) / args.dataset / f"s{seed}" / arm_id, args.dataset, seed, args.device, data_dir)
+                out = results / args.dataset / f"s{seed}" / "probe" / f"{arm_id}.json"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(rec, indent=1) + "\n")
+        return 0
     for seed in seeds:
         runs = Path(args.runs) / args.dataset / f"s{seed}"
         todo = [a for a in plan if not (results / args.dataset / f"s{seed}" / f"{a['id']}.json").is_file()]
