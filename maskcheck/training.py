@@ -3,7 +3,9 @@
 `train_run(cfg, run_dir)` trains one model into a run folder (ARCHITECTURE.md, "Run folder"):
 optimizer + step schedule + weight decay, AMP (bf16, else fp16 + GradScaler) and channels_last on
 CUDA by default (both can be forced on CPU, where torch supports them, so tests reach those code
-paths; `TrainConfig.precision` fp32|bf16|fp16 fixes the autocast dtype on any device, issue 24), an opt-in `torch.compile`, a tqdm bar with loss and accuracy, clean + PGD accuracy on the held-out split after every epoch, and
+paths; `TrainConfig.precision` fp32|bf16|fp16 fixes the autocast dtype on any device, issue 24), an
+opt-in `torch.compile`, a tqdm bar with loss and accuracy, clean + PGD accuracy on the held-out split
+after every epoch, a stderr warning when the inner attack stops working (`collapse_warning`), and
 `RUN/last.ckpt` after every epoch so an interrupted run resumes where it stopped. The finished
 run is written by `checkpoint.save_run` (weights, then run.json last).
 
@@ -41,12 +43,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from . import checkpoint
 from .attacks import accuracy, pgd
+from .checks.training_phase import MIN_TRAIN_ROBUST
 from .config import check_eps, derived_seed, format_temperature, resolve_device, seed_everything
 from .data import ImageTensorDataset, get_info, load_dataset
 from .errors import InputError
 from .fileio import atomic_write
 from .methods import AWP, AWP_DEFAULTS, AWP_METHODS, METHODS, StepContext, build_method
-from .checks.training_phase import MIN_TRAIN_ROBUST
 from .methods.base import ADV_LOGITS, InnerStats, Method
 from .models import build_model
 
@@ -429,7 +431,7 @@ def fit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
     """Train `model` in place on in-memory tensors for `cfg.epochs` epochs; returns it in eval mode.
 
     The same method, optimizer, lr schedule, shuffling (`DeviceData`) and step (`train_step_on_device`)
-    as `train_run`, without its files, held-out evaluation, progress bar, AMP or resume: for models a
+    as `train_run`, without its files, held-out evaluation, progress bar, AMP (unless cfg.precision asks) or resume: for models a
     test or an experiment trains in-process (tests/controls.py, experiments/synthetic-ambiguity).
     `cfg.arch` and `cfg.dataset` are not used; the model and data are given.
 
