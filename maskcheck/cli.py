@@ -63,6 +63,10 @@ def info(msg: str) -> None:
 # (training issue) maskcheck train / train-sweep / select-temperature
 
 
+PRECISION_HELP = ("Autocast dtype of every forward, the inner attack's included: fp32, bf16 or fp16 "
+                  "(default: bf16 AMP on CUDA, else fp16 + GradScaler; fp32 on CPU). Recorded in run.json.")
+
+
 def _train_settings(**values: object) -> dict:
     """CLI overrides shared by `train` and `train-sweep` (None = the dataset's default)."""
     from .config import parse_eps
@@ -102,6 +106,7 @@ def train_cmd(
     inner: Optional[str] = typer.Option(None, "--inner", help="trades/ltd inner attack loss: ce or kl (default: trades kl, ltd ce)."),
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Train on the first N training points only."),
     preset: Optional[str] = typer.Option(None, "--preset", help="paper: the LTD paper's CIFAR-10 recipe."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<name>)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     seed: int = typer.Option(0, "--seed"),
@@ -115,7 +120,7 @@ def train_cmd(
 
     settings = _train_settings(arch=arch, epochs=epochs, eps=eps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                weight_decay=weight_decay, attack_steps=attack_steps, attack_step_size=attack_step_size,
-                               beta=beta, max_train=max_train, tau=tau, awp=awp, inner=inner)
+                               beta=beta, max_train=max_train, tau=tau, awp=awp, inner=inner, precision=precision)
     cfg = make_config(method, dataset, preset=preset, temperature=temperature, seed=seed, **settings)
     run_dir = out or Path("runs") / f"{dataset}-{cfg.name}"
     check_out_folder(run_dir, "--out")  # before training, which may take hours (an existing file is refused)
@@ -149,6 +154,7 @@ def train_sweep_cmd(
     attack_step_size: Optional[str] = typer.Option(None, "--attack-step-size"),
     max_train: Optional[int] = typer.Option(None, "--max-train"),
     preset: Optional[str] = typer.Option(None, "--preset"),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     audit: bool = typer.Option(True, "--audit/--no-audit", help="Audit every trained model (RUN/audit.json) after training."),
     audit_n: int = typer.Option(1000, "--audit-n", help="Held-out points per audit (capped at the split's size)."),
@@ -179,7 +185,7 @@ def train_sweep_cmd(
     if audit_n <= 0:
         raise MaskcheckError(f"--audit-n must be a positive number of points; got {audit_n}.")
     settings = _train_settings(arch=arch, epochs=epochs, eps=eps, batch_size=batch_size, lr=lr, attack_steps=attack_steps,
-                               attack_step_size=attack_step_size, max_train=max_train)
+                               attack_step_size=attack_step_size, max_train=max_train, precision=precision)
     if preset is not None:
         if preset not in PRESETS:
             raise MaskcheckError(f"unknown --preset {preset!r}; valid: {', '.join(PRESETS)}.")

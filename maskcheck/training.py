@@ -3,7 +3,9 @@
 `train_run(cfg, run_dir)` trains one model into a run folder (ARCHITECTURE.md, "Run folder"):
 optimizer + step schedule + weight decay, AMP (bf16, else fp16 + GradScaler) and channels_last on
 CUDA by default (both can be forced on CPU, where torch supports them, so tests reach those code
-paths), an opt-in `torch.compile`, a tqdm bar with loss and accuracy, clean + PGD accuracy on the held-out split after every epoch, and
+paths; `TrainConfig.precision` fp32|bf16|fp16 fixes the autocast dtype on any device, issue 24), an
+opt-in `torch.compile`, a tqdm bar with loss and accuracy, clean + PGD accuracy on the held-out split
+after every epoch, a stderr warning when the inner attack stops working (`collapse_warning`), and
 `RUN/last.ckpt` after every epoch so an interrupted run resumes where it stopped. The finished
 run is written by `checkpoint.save_run` (weights, then run.json last).
 
@@ -27,7 +29,9 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,17 +43,25 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from . import checkpoint
 from .attacks import accuracy, pgd
+from .checks.training_phase import MIN_TRAIN_ROBUST
 from .config import check_eps, derived_seed, format_temperature, resolve_device, seed_everything
 from .data import ImageTensorDataset, get_info, load_dataset
 from .errors import InputError
 from .fileio import atomic_write
 from .methods import AWP, AWP_DEFAULTS, AWP_METHODS, METHODS, StepContext, build_method
-from .methods.base import ADV_LOGITS, Method
+from .methods.base import ADV_LOGITS, InnerStats, Method
 from .models import build_model
 
 LAST_CKPT = "last.ckpt"
 INNER_LOSSES = ("ce", "kl")  # --inner: the loss of the inner maximisation (trades, ltd ablations)
 INNER_METHODS = ("trades", "ltd")
+INNER_STARTS = ("gaussian", "uniform", "none")  # issue 24 ablation of TRADES' 0.001 N(0, 1) start
+# --precision: the autocast dtype of every forward (inner attack, teacher, loss); fp32 = no autocast.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The live collapse warning (issue 24): the inner attack moved no point on more than this share of its
+# steps. Derived from the training-phase-gap check's MIN_TRAIN_ROBUST ("fools fewer than 10%"): an
+# attack that stands still on over 10% of its steps has stopped working on as many points (ours).
+MAX_ZERO_STEPS = 1.0 - MIN_TRAIN_ROBUST
 
 # ------------------------------------------------------------------------ defaults
 # One table of per-dataset defaults; every entry can be overridden (CLI flags, `overrides=`).
@@ -107,6 +119,7 @@ class TrainConfig:
     final_eval_n: int = 2000  # held-out points attacked for the recorded metrics.pgd_acc
     beta: float = 6.0
     inner: str | None = None  # trades/ltd inner attack loss: "ce" | "kl"; None = the method's own (trades kl, ltd ce)
+    inner_start: str | None = None  # trades/ltd inner attack start: gaussian (None: TRADES' x + 0.001 N(0, 1)) | uniform | none
     temperature: float | None = None  # distillation temperature T (dd, ltd)
     tau: float = 1.0  # ltd's fixed student temperature, inside forward at train and test
     awp: bool = False
@@ -118,6 +131,8 @@ class TrainConfig:
     # issue 17); `epochs` is then the cap. None = always train `epochs` epochs.
     stop_train_acc: float | None = None
     preset: str | None = None
+    # autocast dtype (issue 24): None = as before (AMP on CUDA: bf16, else fp16; fp32 on CPU unless forced)
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -138,10 +153,15 @@ class TrainConfig:
         if self.inner is not None and (self.inner not in INNER_LOSSES or self.method not in INNER_METHODS):
             raise InputError(f"--inner takes {' or '.join(INNER_LOSSES)} for {', '.join(INNER_METHODS)}; "
                              f"got {self.inner!r} for {self.method}.")
+        if self.inner_start is not None and (self.inner_start not in INNER_STARTS or self.method not in INNER_METHODS):
+            raise InputError(f"the inner attack's start takes {', '.join(INNER_STARTS)} for {', '.join(INNER_METHODS)}; "
+                             f"got {self.inner_start!r} for {self.method}.")
         if self.stop_train_acc is not None and not 0 < self.stop_train_acc <= 1:
             raise InputError(f"the teacher's target training accuracy must lie in (0, 1]; got {self.stop_train_acc}.")
         if self.optimizer not in ("adam", "sgd"):
             raise InputError(f"--optimizer must be adam or sgd; got {self.optimizer!r}.")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
 
     @property
     def model_temperature(self) -> float:
@@ -247,20 +267,50 @@ class TrainState:
     # (read from the objective's forward on x', so it costs nothing; see methods.base.ADV_LOGITS)
     inner_correct: int = 0
     inner_seen: int = 0
+    precision: str = "fp32"  # the autocast dtype in use (cfg.precision, or what AMP chose)
 
 
-def _amp_factory(device: torch.device, enabled: bool) -> tuple[Callable[[], Any] | None, torch.amp.GradScaler | None]:
-    """Mixed precision: bf16 where supported (no scaler needed), else fp16 + GradScaler (CUDA only).
+def resolve_precision(precision: str | None, device: torch.device, amp: bool | None) -> str:
+    """The autocast dtype name: cfg.precision when set, else AMP's choice (bf16 where supported, else fp16).
 
-    On CPU only bf16 autocast exists; it is used when forced (tests of the AMP code path).
+    `amp` (None = on CUDA) is the speed switch of `build_state`; an explicit `precision` is part of
+    the experiment and wins over it. On CPU, AMP means bf16 (tests force it to reach the AMP path).
     """
-    if not enabled:
-        return None, None
+    if precision is not None:
+        return precision
+    if not (device.type == "cuda" if amp is None else amp):
+        return "fp32"
     if device.type != "cuda":
-        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+        return "bf16"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch autocasts a matmul on `device` to `dtype` (older CPU builds warn and stay fp32)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.autocast(device.type, dtype=dtype):
+                a = torch.ones(2, 2, device=device)
+                return (a @ a).dtype == dtype
+    except (RuntimeError, ValueError):
+        return False
+
+
+def _amp_factory(device: torch.device, precision: str) -> tuple[Callable[[], Any] | None, torch.amp.GradScaler | None]:
+    """Autocast at `precision`: bf16 needs no scaler; fp16 gets a GradScaler (its range is ~6e-8..65504).
+
+    The scaler scales the training loss only: the inner attack's input gradients are unscaled, as
+    in the reference AMP recipes, so they can underflow in fp16 (the issue-24 hypothesis).
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return None, None
+    if not _autocast_works(device, dtype):
+        raise InputError(f"--precision {precision}: this torch {torch.__version__} has no {precision} autocast on {device.type}; "
+                         f"use --precision fp32 or bf16.")
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -303,12 +353,15 @@ def build_state(cfg: TrainConfig, device: torch.device, teacher: nn.Module | Non
     method = build_method(cfg.method, temperature=cfg.temperature, beta=cfg.beta, inner=cfg.inner)
     if method.needs_teacher and teacher is None:
         raise InputError(f"--method {cfg.method} needs --teacher RUN_DIR (a finished run folder).")
-    autocast, scaler = _amp_factory(device, amp)
+    precision = resolve_precision(cfg.precision, device, amp)
+    autocast, scaler = _amp_factory(device, precision)
     ctx = StepContext(eps=cfg.eps, norm=cfg.norm, attack_steps=cfg.attack_steps, attack_step_size=cfg.attack_step_size,
-                      teacher=teacher, generator=torch.Generator(device=device), autocast=autocast)
+                      teacher=teacher, generator=torch.Generator(device=device), autocast=autocast,
+                      inner_start=cfg.inner_start or "gaussian",
+                      inner_stats=InnerStats() if method.adversarial else None)
     awp = AWP(gamma=cfg.awp_gamma or 0.0, warmup=cfg.awp_warmup or 0) if cfg.awp else None
     return TrainState(cfg, model, wrapped, make_optimizer(cfg, model), method, ctx, awp, scaler, channels_last,
-                      compiled=compile and not ddp.enabled)
+                      compiled=compile and not ddp.enabled, precision=precision)
 
 
 def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
@@ -369,6 +422,8 @@ def start_epoch(state: TrainState, rank: int = 0) -> None:
     """
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(state.cfg, state.epoch)
+    if state.ctx.inner_stats is not None:
+        state.ctx.inner_stats = InnerStats()
     state.ctx.generator.manual_seed(derived_seed(state.cfg.seed, f"attack-{state.epoch}-{rank}"))
 
 
@@ -376,7 +431,7 @@ def fit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
     """Train `model` in place on in-memory tensors for `cfg.epochs` epochs; returns it in eval mode.
 
     The same method, optimizer, lr schedule, shuffling (`DeviceData`) and step (`train_step_on_device`)
-    as `train_run`, without its files, held-out evaluation, progress bar, AMP or resume: for models a
+    as `train_run`, without its files, held-out evaluation, progress bar, AMP (unless cfg.precision asks) or resume: for models a
     test or an experiment trains in-process (tests/controls.py, experiments/synthetic-ambiguity).
     `cfg.arch` and `cfg.dataset` are not used; the model and data are given.
 
@@ -462,6 +517,27 @@ def load_last(run_dir: Path, state: TrainState) -> bool:
     state.epoch = int(obj["epoch"])
     state.history = list(obj["history"])
     return True
+
+
+def collapse_warning(name: str, h: dict[str, Any], epochs: int) -> str | None:
+    """The live form of the training-phase-gap check (issue 24): one line when the inner attack stopped working.
+
+    Fires when the inner attack left at least MIN_TRAIN_ROBUST of this epoch's training points
+    correct (the LTD paper's "robust accuracy in the training phase is almost 100%", Sec. 5.2) or
+    stood still (an all-zero input gradient) on more than MAX_ZERO_STEPS of its steps. Thresholds
+    are the check's (checks/training_phase.py); the audit decides, this only says "stop and look".
+    """
+    robust, zero = h.get("train_robust_acc"), h.get("inner_zero_steps")
+    why = []
+    if robust is not None and robust >= MIN_TRAIN_ROBUST:
+        why.append(f"the inner attack left {100 * robust:.1f}% of training points correct (>= {100 * MIN_TRAIN_ROBUST:.0f}%)")
+    if zero is not None and zero > MAX_ZERO_STEPS:
+        why.append(f"{100 * zero:.1f}% of its steps had an all-zero input gradient (> {100 * MAX_ZERO_STEPS:.0f}%)")
+    if not why:
+        return None
+    return (f"maskcheck: warning: {name} epoch {h['epoch']}/{epochs}: {' and '.join(why)}, while clean training accuracy is "
+            f"{100 * h.get('train_acc', float('nan')):.1f}%: the inner attack may have stopped working (training-phase-gap); "
+            f"audit this run before training longer.")
 
 
 # ---------------------------------------------------------------------------- loop
@@ -639,6 +715,9 @@ def train_run(
                                   "seconds": time.perf_counter() - t0})
             state.epoch += 1
             save_last(run_dir, state)
+            warning = collapse_warning(cfg.name, state.history[-1], cfg.epochs)
+            if warning:  # stderr even without `log`: sweep workers run with log=None
+                print(warning, file=sys.stderr, flush=True)
             if log:
                 h = state.history[-1]
                 log(f"{cfg.name} epoch {h['epoch']}/{cfg.epochs}: loss {h['loss']:.3f} train {h['train_acc']:.3f} "
@@ -677,6 +756,7 @@ def run_record(cfg: TrainConfig, state: TrainState, teacher_name: str | None, dd
         "epochs": state.epoch,  # trained; cfg.epochs unless stopped at stop_train_acc
         "teacher": teacher_name,
         "config": {**cfg.to_dict(), "world_size": ddp.world_size, "amp": state.ctx.autocast is not None,
+                   "autocast_dtype": state.precision,
                    "channels_last": state.channels_last, "compile": state.compiled},
         "metrics": {
             "clean_acc": final[0],
@@ -695,12 +775,14 @@ def _training_phase(state: TrainState) -> dict[str, Any]:
 
     `train_robust_acc`: share of training points still classified correctly on the inner attack's
     x' (train mode, weights before each step); `inner_success` = 1 - that. Absent for methods
-    without an inner attack (natural, dd).
+    without an inner attack (natural, dd). `inner_zero_steps` / `inner_zero_coords`: the inner
+    attack's all-zero input gradients per (point, step) and its zero coordinates (issue 24).
     """
     if not state.inner_seen:
         return {}
     acc = int(state.inner_correct) / state.inner_seen  # one host read per epoch
-    return {"train_robust_acc": acc, "inner_success": 1.0 - acc}
+    zeros = state.ctx.inner_stats.shares() if state.ctx.inner_stats is not None else {}
+    return {"train_robust_acc": acc, "inner_success": 1.0 - acc, **zeros}
 
 
 def train_accuracy(model: nn.Module, train: Any, device: torch.device, batch_size: int = 500) -> float:
@@ -727,5 +809,5 @@ def _progress(batches: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-__all__ = ["DATASET_DEFAULTS", "PRESETS", "DeviceData", "TrainConfig", "build_state", "crop_flip", "evaluate", "fit", "lr_at",
+__all__ = ["DATASET_DEFAULTS", "PRECISIONS", "PRESETS", "collapse_warning", "resolve_precision", "DeviceData", "TrainConfig", "build_state", "crop_flip", "evaluate", "fit", "lr_at",
            "make_config", "start_epoch", "train_run", "train_step", "train_step_on_device"]

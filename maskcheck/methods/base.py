@@ -43,7 +43,62 @@ class StepContext:
     attack_step_size: float | None = None
     teacher: nn.Module | None = None
     generator: torch.Generator | None = None
-    autocast: Any = None  # a context-manager factory (AMP on CUDA); None -> no autocast
+    autocast: Any = None  # a context-manager factory (AMP on CUDA, --precision bf16|fp16); None -> no autocast
+    inner_start: str = "gaussian"  # trades/ltd/rslad inner attack start (TRADES: x + 0.001 N(0, 1)); issue 24 ablation
+    inner_stats: "InnerStats | None" = None  # counts the inner attack's zero gradients when set (training loop)
+
+
+@dataclass
+class InnerStats:
+    """The inner attack's exactly-zero input gradients, summed on the device (read once per epoch).
+
+    A sign step of an all-zero gradient does not move the point (sign(0) = 0): the inner attack's
+    "zero step", the issue-24 hypothesis for the LTD paper's high-T collapse (Sec. 5.2: training-phase
+    robust accuracy "almost 100%"). `zero_points / points`: share of (point, step) pairs whose input
+    gradient is 0 on every coordinate; `zero_coords / coords`: share of zero gradient coordinates.
+    """
+
+    zero_points: Any = 0
+    points: int = 0
+    zero_coords: Any = 0
+    coords: int = 0
+
+    def add(self, grad: torch.Tensor) -> None:
+        zero = grad.detach().reshape(len(grad), -1) == 0
+        self.zero_points = self.zero_points + zero.all(1).sum()
+        self.zero_coords = self.zero_coords + zero.sum()
+        self.points += zero.shape[0]
+        self.coords += zero.numel()
+
+    def shares(self) -> dict[str, float]:
+        """{inner_zero_steps, inner_zero_coords} for run.json's history; {} when nothing was counted."""
+        if not self.points:
+            return {}
+        return {"inner_zero_steps": int(self.zero_points) / self.points, "inner_zero_coords": int(self.zero_coords) / self.coords}
+
+
+class GradientProbe(nn.Module):
+    """`model` seen by an attack: every input that needs a gradient gets a hook counting its zeros.
+
+    The attack's own `torch.autograd.grad(loss, x')` fires the hook with exactly the gradient
+    whose sign it steps along, so the count costs no extra pass (the last forward of a PGD run
+    has no backward, and its hook never fires). Train/eval mode passes through to `model`.
+    """
+
+    def __init__(self, model: nn.Module, stats: InnerStats) -> None:
+        super().__init__()
+        self.model = model
+        self.stats = stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            x.register_hook(lambda g: self.stats.add(g))
+        return self.model(x)
+
+
+def probed(model: nn.Module, ctx: "StepContext") -> nn.Module:
+    """`model` wrapped in a `GradientProbe` when the training loop asked for zero-step counts."""
+    return GradientProbe(model, ctx.inner_stats) if ctx.inner_stats is not None else model
 
 
 @dataclass

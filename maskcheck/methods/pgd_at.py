@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import pgd
-from .base import ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode
+from .base import ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode, probed
 
 
 @dataclass
@@ -28,7 +28,7 @@ class PGDAT(Method):
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:
         def attack() -> torch.Tensor:
             with autocast_ctx(ctx):
-                return pgd(model, x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
+                return pgd(probed(model, ctx), x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
                            loss="ce", start="uniform", generator=ctx.generator).x_adv
 
         if self.attack_train_mode:

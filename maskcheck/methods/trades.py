@@ -5,6 +5,7 @@ Reference: `yaodongyu/TRADES/trades.py::trades_loss`; methods.md section 4.
   sign steps, projected to the eps-ball and [0, 1] (maskcheck.attacks.pgd with start="gaussian");
 * `inner="ce"` (ablation, issue 17): PGD-CE on the hard label instead, with the same start and
   steps -- LTD's inner attack, to separate the effect of the attack loss from that of the labels;
+* `ctx.inner_start` (issue 24 ablation): "uniform" (PGD-AT's) or "none" in place of the Gaussian start;
 * loss: KL with batchmean reduction (`KLDivLoss(size_average=False) / batch_size`), beta 6, and the
   clean target is *not* detached: gradients flow through both arguments (methods.md pitfall 5).
 maskcheck.attacks.pgd returns each example's strongest point (not the last iterate); with sign
@@ -21,14 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import pgd
-from .base import ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode, kl_from_probs, kl_per_example, split_views
+from .base import (ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocast_ctx, eval_mode, kl_from_probs, kl_per_example,
+                   probed, split_views)
 
 
 def ce_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     """x' maximising CE(f(x'), y) on the hard label (LTD's inner attack): eval mode, Gaussian start."""
     with eval_mode(model), autocast_ctx(ctx):
-        return pgd(model, x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
-                   loss="ce", start="gaussian", generator=ctx.generator).x_adv
+        return pgd(probed(model, ctx), x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
+                   loss="ce", start=ctx.inner_start, generator=ctx.generator).x_adv
 
 
 def clean_target(model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -53,8 +55,8 @@ def kl_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.
     """x' maximising KL(target || softmax(f(x'))), TRADES-style (eval mode, Gaussian start)."""
     with eval_mode(model), autocast_ctx(ctx):
         result = pgd(
-            model, x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
-            loss=lambda logits, _y: kl_from_probs(target, logits), start="gaussian", generator=ctx.generator,
+            probed(model, ctx), x, y, eps=ctx.eps, norm=ctx.norm, steps=ctx.attack_steps, step_size=ctx.attack_step_size,
+            loss=lambda logits, _y: kl_from_probs(target, logits), start=ctx.inner_start, generator=ctx.generator,
         )
     return result.x_adv
 
