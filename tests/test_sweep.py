@@ -179,6 +179,45 @@ def test_pool_shares_one_device_between_workers_and_keeps_dependencies() -> None
     assert order.index("b") > order.index("a")
 
 
+def _torch_threads(_task: str, _device: str) -> tuple[int, int]:
+    """A pool task (top level, so a spawned worker can import it): the worker's torch thread counts."""
+    return torch.get_num_threads(), torch.get_num_interop_threads()
+
+
+def test_pool_workers_split_the_cores_not_oversubscribe_them() -> None:
+    """Issue 23: 2 workers x 1 intra-op thread and 1 inter-op thread each on 2 cores, as planned."""
+    results: dict[str, tuple[int, int]] = {}
+    run_pool(["a", "b"], _torch_threads, plan_workers(2, ["cpu"], 2, 2), name=str, on_done=lambda t, r: results.__setitem__(t, r))
+    assert results == {"a": (1, 1), "b": (1, 1)}
+
+
+def test_usable_cores_follow_the_cpu_affinity(monkeypatch) -> None:
+    """A process pinned to one core of many (taskset, a cgroup cpuset) plans for one core, not os.cpu_count()."""
+    from maskcheck import sweep
+
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda _pid: {3}, raising=False)
+    assert sweep.usable_cores() == 1
+    assert plan_workers(2, ["cpu"], 14, sweep.usable_cores()).workers == 1
+
+
+def test_stage_clock_eta_scales_the_time_so_far_by_the_weight_left() -> None:
+    """The ETA: wall time so far x weight left / weight done; one log line per finished task."""
+    from maskcheck.sweep import StageClock, SweepTimes
+
+    lines: list[str] = []
+    clock = StageClock("audit", {"natural": 1.0, "trades": 6.0, "ltd-T1": 6.0}, lines.append)
+    clock.started -= 70.0  # 70 s into the stage
+    clock.begun["trades"] = clock.started + 10.0
+    assert clock.eta() is None  # nothing finished: no estimate
+    clock.done("trades", "no masking detected")
+    assert clock.eta(clock.started + 70.0) == pytest.approx(70.0 * 7.0 / 6.0)
+    assert lines == ["audit: trades: no masking detected (60 s; 1/3 done, about 82 s left)"]
+    clock.done("natural"), clock.done("ltd-T1"), clock.stop()
+    assert clock.eta() == 0.0 and "left" not in lines[-1]
+    summary = SweepTimes(audits=clock, report=2.0).summary()
+    assert summary[0].startswith("where the time went") and "audits 70 s (3 models" in summary[1] and "report 2 s" in summary[2]
+
+
 def test_pool_reports_tasks_that_wait_forever() -> None:
     with pytest.raises(InputError, match="b <- missing"):
         run_pool(["b"], operator.add, WorkerPlan(1, ("cpu",), 1, "test"), name=str, depends_on=lambda t: ("missing",))
