@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from maskcheck import zoo  # noqa: E402
 from maskcheck.auditing import DEFAULT_SQUARE_QUERIES, run_audit  # noqa: E402
 from maskcheck.data import load_dataset  # noqa: E402
-from maskcheck.fileio import atomic_write, atomic_write_json  # noqa: E402
+from maskcheck.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 CONFIG = json.loads((HERE / "config.json").read_text())
 
@@ -136,7 +136,7 @@ def gather(out: Path, report: Path) -> list[dict[str, Any]]:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     report.mkdir(parents=True, exist_ok=True)
     atomic_write_json(report / "results.json", {"experiment": CONFIG["name"], "rows": rows})
-    atomic_write(report / "table.md", table(rows))
+    atomic_write_text(report / "table.md", table(rows))
     return rows
 
 
