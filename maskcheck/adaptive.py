@@ -37,10 +37,12 @@ from .errors import InputError
 if TYPE_CHECKING:
     from .auditing import AuditContext
 
-# Registration facts for attacks.adapter once it takes them (the "verdict" branch): neither kind uses
-# the target's gradients (transfer: none; bpda: the surrogate's or the identity's), neither does its own EOT.
+# Registration facts for attacks.adapter once it takes them (the "verdict" branch): neither kind needs the
+# target's own gradients (transfer: none; bpda: the surrogate's or the identity's), so both run on a model
+# without a gradient path. bpda attacks the EOT-averaged model on a randomised one (auditing.OWN_KINDS);
+# transfer queries the plain model and the audit scores its points by majority over draws.
 ADAPTER_FACTS: dict[str, dict[str, Any]] = {
-    "transfer": {"uses_gradients": False, "own_eot": False},
+    "transfer": {"uses_gradients": False, "own_eot": True},
     "bpda": {"uses_gradients": False, "own_eot": False},
 }
 

@@ -44,7 +44,7 @@ from .results import AuditResult, CheckResult, Verdict
 DEFAULT_SQUARE_QUERIES = 5000  # AutoAttack standard (autoattack.py: SquareAttack n_queries=5000)
 APGD_ITERS = 100  # AutoAttack standard, 1 restart for APGD-CE (autoattack.py _set_version)
 GRADIENT_KINDS = ("pgd", "fgsm", "apgd", "apgd-t", "fab-t", "fmn")
-OWN_KINDS = ("pgd", "fgsm", "fmn")  # differentiate `attack_model` (EOT-wrapped); pyautoattack does its own EOT
+OWN_KINDS = ("pgd", "fgsm", "fmn", "bpda")  # differentiate `attack_model` (EOT-wrapped); pyautoattack does its own EOT
 
 
 @dataclass(frozen=True)
