@@ -37,12 +37,11 @@ from .errors import InputError
 if TYPE_CHECKING:
     from .auditing import AuditContext
 
-# Registration facts for attacks.adapter once it takes them (the "verdict" branch): neither kind uses
-# the target's gradients (transfer: none; bpda: the surrogate's or the identity's), neither does its own EOT.
-ADAPTER_FACTS: dict[str, dict[str, Any]] = {
-    "transfer": {"uses_gradients": False, "own_eot": False},
-    "bpda": {"uses_gradients": False, "own_eot": False},
-}
+# Registration facts: neither attack needs the target's own gradients (transfer: none; bpda: the surrogate's or
+# the identity's), so both run on a model without a gradient path. bpda attacks the EOT-averaged model on a
+# randomised one (own_eot False); transfer queries the plain model and the audit scores its points by majority
+# over draws (own_eot True, rescored).
+
 
 TRANSFER_STEPS = 50  # PGD steps on the surrogate (ours: transfer needs a converged surrogate attack, cheap there)
 TRANSFER_SCORE_EVERY = 5  # iterates scored on the target (one inference forward each; ours)
@@ -295,7 +294,7 @@ def bpda_mode(spec: AttackSpec, ctx: "AuditContext | None") -> tuple[str, str] |
 # ---------------------------------------------------------------------- adapters
 
 
-@adapter("transfer")
+@adapter("transfer", uses_gradients=False, own_eot=True, cost=lambda s: float(s.steps + 5 * SURROGATE_EPOCHS))
 def _transfer(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """Transfer from the audit's distilled surrogate (PGD-margin, `spec.steps` steps), scored on the target."""
     ctx = getattr(env, "context", None)
@@ -303,7 +302,7 @@ def _transfer(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tens
     return transfer_attack(model, s, x, y, eps=spec.eps or env.eps, norm=env.norm, steps=spec.steps, gen=gen)
 
 
-@adapter("bpda")
+@adapter("bpda", uses_gradients=False)
 def _bpda(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """BPDA-PGD (margin loss, `spec.steps` steps): identity backward through a named submodule, or the surrogate's
     backward (straight-through); a no-op (points scored as they are) when the automatic trigger did not fire."""

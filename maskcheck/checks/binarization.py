@@ -42,7 +42,7 @@ class BinarizationTest(Check):
     skips_one_class_models = True
 
     def evaluate(self, ctx) -> CheckResult:
-        idx = ctx.standing(ctx.clean_correct)[: self.max_points]
+        idx = ctx.clean_correct.nonzero().flatten()[: self.max_points]
         if len(idx) == 0:
             return self.skipped(ctx, "no clean-correct point to test")
         gen = ctx.gen(self.name)
