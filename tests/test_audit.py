@@ -53,7 +53,8 @@ def test_worst_case_is_the_per_example_minimum(audit_eps01) -> None:
 
 def test_verdict_never_says_robust(audit_eps01) -> None:
     assert not audit_eps01.verdict.flagged, audit_eps01.verdict.text  # honest CNN with points standing
-    assert "robust" not in audit_eps01.verdict.text
+    # "robust" only ever names a metric ("worst-case robust accuracy" to quote), never the model
+    assert "robust" not in audit_eps01.verdict.text.replace("robust accuracy", "")
     assert audit_eps01.verdict.text.startswith(("no masking detected by", "masked", "attack-sensitive"))
 
 

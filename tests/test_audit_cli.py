@@ -95,7 +95,10 @@ def test_autoattack_standard_is_opt_in_for_a_model_and_for_a_sweep(tmp_path, mon
     from maskcheck import sweep
 
     seen = {}
+    from maskcheck import launch
+
     monkeypatch.setattr(sweep, "audit_sweep", lambda sweep_dir, **kw: seen.update(kw) or [])
+    monkeypatch.setattr(launch, "refuse_live_jobs", lambda sweep_dir: None)  # it reads (and validates) sweep.json
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.json").write_text("{}")
     assert _main([str(tmp_path / "sweep"), "--quiet", "--autoattack-standard", "--jobs", "2"]) == 0

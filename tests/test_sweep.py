@@ -249,7 +249,7 @@ def test_stored_audit_is_redone_only_when_its_settings_differ(change: dict, reas
 
 def test_an_audit_config_object_takes_precedence() -> None:
     audit = json.loads(SAMPLE_AUDIT.read_text())
-    audit["config"] = {"n": 1000, "seed": 0, "square_queries": 300}
+    audit["config"] = {"n": 1000, "seed": 0, "square_queries": 300, "autoattack_standard": False}  # the default since issue 23
     same = audit_settings_differ(audit, audit["threat"], 1000, 0, 300, heldout_size=lambda: 359)
     assert same is None
     assert "n 1000 -> 200" in audit_settings_differ(audit, audit["threat"], 200, 0, 300, heldout_size=lambda: 359)
