@@ -263,7 +263,8 @@ def _set_child(parent: nn.Module, leaf: str, module: nn.Module) -> None:
 @torch.no_grad()
 def gradient_probe(ctx: "AuditContext") -> dict[str, Any]:
     """Cheap probe for automatic BPDA: share of clean points whose margin-loss input gradient is exactly zero or
-    non-finite (one backward per point), or no gradient path at all. Cached on the context."""
+    non-finite (one backward per point), no gradient path at all, or a forward that differs with gradients
+    enabled (random only there, or deterministic but different). Cached on the context."""
     cached = ctx.__dict__.get("_gradient_probe")
     if cached is not None:
         return cached
@@ -278,7 +279,11 @@ def gradient_probe(ctx: "AuditContext") -> dict[str, Any]:
                 norm = g.flatten(1).abs().sum(1)
                 bad += int(((norm == 0) | ~torch.isfinite(norm)).sum())
         frac = bad / max(ctx.n, 1)
-        out = {"no_gradient_path": False, "zero_or_nonfinite_fraction": frac, "triggered": frac >= ZERO_GRAD_TRIGGER}
+        # a forward that changes under autograd: every gradient is of another function than the one that predicts
+        probe = ctx.randomness
+        other = bool(probe["randomized_grad"] and not probe["randomized"]) or bool(probe["grad_mismatch"])
+        out = {"no_gradient_path": False, "zero_or_nonfinite_fraction": frac, "gradient_mode_differs": other,
+               "triggered": frac >= ZERO_GRAD_TRIGGER or other}
     ctx.__dict__["_gradient_probe"] = out
     return out
 

@@ -251,7 +251,9 @@ class AuditRunner:
                     b = idx[i: i + bs]
                     xb, yb = self.x[b.to(self.device)], self.y[b.to(self.device)]
                     r = attacks.run_spec(spec, model, xb, yb, env, gen)
-                    c = self.score(r.x_adv, yb, draws) if adapter.rescored else r.correct
+                    # scored by at least the audit's draws: a single-draw attack on a randomised model is
+                    # still judged by the majority vote every other attack is judged by
+                    c = self.score(r.x_adv, yb, max(draws, self.eot)) if adapter.rescored else r.correct
                     correct[b] = c.bool().cpu()
                     if r.loss_history is not None:
                         histories.append(r.loss_history.cpu())

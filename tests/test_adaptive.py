@@ -160,3 +160,25 @@ def test_trades_model_is_not_flagged_by_the_new_checks() -> None:
     assert r.robust_acc["white-box"] > 0.2  # the control is a robust model, not a broken one
     assert checks["transfer-attack"].severity is not Severity.FAIL
     assert checks["binarization-test"].severity is Severity.OK
+
+
+class GradModeOnlyNoise(nn.Module):
+    """Input noise only while autograd records: every gradient is of a noisier model than the one that predicts."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x + 0.5 * torch.randn_like(x)).clamp(0, 1) if torch.is_grad_enabled() else x)
+
+
+def test_a_forward_that_changes_under_autograd_triggers_automatic_bpda() -> None:
+    """Issue 22: a model noisy only when gradients are on is attacked through the surrogate (BPDA) too, since its
+    own gradients are of another function; a deterministic natural model does not trigger it. Failed before:
+    the trigger read only zero or missing gradients."""
+    x, y = points(60)
+    r = run_audit(GradModeOnlyNoise(honest_cnn()).eval(), (x, y), eps=EPS, n=len(y), checks=NEW, num_classes=10,
+                  **FAST)
+    assert _by_name(r)["transfer-attack"].evidence["bpda_auto_ran"] is True
+    assert r.verdict.notes and "gradients are enabled" in r.verdict.notes[0]

@@ -45,6 +45,14 @@ class AutoAttackFlags(Check):
     `settrace` sees grad/backward calls. They are recomputed here because pyautoattack's
     functions only log and return nothing. A randomised model stays flagged after EOT: its
     robustness is a property of the random draw, which only an EOT evaluation may report.
+    Randomness at inference is graded by what it does to the attack (Athalye et al. 2018: it
+    obfuscates gradients when EOT succeeds where a single-draw attack fails): PGD-CE with one
+    draw per gradient (same seed, scored by the same majority vote) against PGD-CE with EOT;
+    FAIL when EOT breaks significantly more points (exact binomial, `eot_null_rate`,
+    `eot_min_gap`, `alpha`, ours) or when the audit ran without EOT (`--eot 1`), else OK with the
+    randomness recorded in the evidence and the verdict's notes (the quoted figure is EOT's).
+    A model random only with gradients enabled is always flagged (it differentiates another
+    function than the one that predicts).
     The same 5 passes run with gradients enabled (the forward gradient attacks see): random
     only there = "randomness (gradient mode only)"; deterministic in both but different =
     "inference/gradient forward mismatch" (a defense that changes when differentiated; every
@@ -72,10 +80,31 @@ class AutoAttackFlags(Check):
         # on the points K draws left standing (its outcome is cumulative: broken by either), from PGD-CE's seed
         return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=self.eot_factor * ctx.eot, after=(ctx.battery.pgd_ce,))
 
+    @staticmethod
+    def _single_draw_spec(ctx):
+        from ..attacks import AttackSpec
+
+        # the user's naive attack on a randomised model: one draw per gradient, PGD-CE's seed and steps
+        return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=1)
+
     def follow_up(self, ctx):
         """EOT convergence: PGD-CE again with `eot_factor` times the draws (same seed) on the points PGD-CE
-        with K draws left standing, when EOT is on."""
-        return (self._eot_spec(ctx),) if ctx.eot > 1 and ctx.grad_ok else ()
+        with K draws left standing, when EOT is on; and PGD-CE with a single draw per gradient on a model
+        random at inference (does the randomness mislead a single-draw attack?)."""
+        if not (ctx.eot > 1 and ctx.grad_ok):
+            return ()
+        return (self._eot_spec(ctx),) + ((self._single_draw_spec(ctx),) if ctx.randomness["randomized"] else ())
+
+    def _randomness_masks(self, ctx, ev: dict) -> bool:
+        """True when EOT breaks significantly more points than a single-draw PGD-CE (or EOT did not run)."""
+        if not (ctx.eot > 1 and ctx.grad_ok):
+            return True
+        single, eot = ctx.correct(self._single_draw_spec(ctx)), ctx.correct(ctx.battery.pgd_ce)
+        e = extra_breaks(eot, single, ctx.n, self.eot_null_rate)
+        ev.update({"acc_pgd_ce_single_draw": float(single.float().mean()), "acc_pgd_ce_eot": float(eot.float().mean()),
+                   "single_draw_extra_breaks": e.count, "single_draw_extra_gap": e.gap,
+                   "single_draw_p_value": e.p_value})
+        return e.significant(self.eot_min_gap, self.alpha)
 
     def _eot_convergence(self, ctx, ev: dict) -> tuple[str, str] | None:
         """(mechanism, sentence) when K-draw EOT had not converged: 4K draws break significantly more points."""
@@ -104,10 +133,20 @@ class AutoAttackFlags(Check):
               "max_normalized_output_diff_grad": probe["max_normalized_output_diff_grad"],
               "inference_grad_output_diff": probe["inference_grad_output_diff"],
               "softmax_output": softmax, "grad_calls_in_forward": calls, "eot_draws": ctx.eot}
-        found = []
-        if randomized:
-            found.append(("randomness", f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}); "
-                          f"the audit attacked it with EOT over {ctx.eot} draws, scored by majority"))
+        found, benign = [], ""
+        if randomized and ctx.eot == 1:
+            found.append(("randomness", f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}) "
+                          "and the audit ran without EOT (--eot 1): no robust accuracy here may be quoted"))
+        elif randomized and self._randomness_masks(ctx, ev):
+            found.append(("randomness", (
+                f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}); PGD-CE with one draw "
+                f"per gradient leaves {100 * ev['acc_pgd_ce_single_draw']:.1f}% standing, with EOT over {ctx.eot} draws "
+                f"{100 * ev['acc_pgd_ce_eot']:.1f}% ({ev['single_draw_extra_breaks']} more points broken, "
+                f"p={ev['single_draw_p_value']:.2g}): the randomness misleads a single-draw attack; quote EOT figures only")))
+        elif randomized:
+            benign = (f" Randomised (max diff {max_diff:.2g}), but PGD-CE with one draw per gradient "
+                      f"({100 * ev['acc_pgd_ce_single_draw']:.1f}%) is as strong as with EOT over {ctx.eot} draws "
+                      f"({100 * ev['acc_pgd_ce_eot']:.1f}%): the randomness does not mislead the attack; figures are EOT's.")
         elif probe["randomized_grad"]:
             found.append(("randomness (gradient mode only)", (
                 f"outputs change across identical passes only with gradients enabled (max diff "
@@ -128,5 +167,8 @@ class AutoAttackFlags(Check):
         if found:
             return self.result(ctx, severity=Severity.FAIL, evidence=ev, mechanism=", ".join(m for m, _ in found),
                                summary="AutoAttack flags: " + "; ".join(s for _, s in found) + ".")
+        if benign:
+            return self.result(ctx, severity=Severity.OK, evidence=ev, summary=(
+                "no softmax output, no gradient calls in forward, the same randomness with and without gradients." + benign))
         return self.result(ctx, severity=Severity.OK, evidence=ev, summary=(
             "deterministic logits, the same with and without gradients, no softmax output, no gradient calls in forward."))
