@@ -22,7 +22,7 @@ _EXPORTS = {
     "audit": "api",  # the engine is maskcheck.auditing, so this name is free for the function
     "audit_loader": "api",
     "ArgumentError": "api",
-    "AuditResult": "results",
+    "AuditResult": "report.notebook",  # results.AuditResult with .report() and the notebook view
     "CheckResult": "results",
     "Verdict": "results",
     "Severity": "results",

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from . import attacks
 from .attacks import AttackEnv, AttackResult, AttackSpec, adapter
+from .config import parse_bpda
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -201,18 +202,6 @@ class IdentityBackward(nn.Module):
             raise InputError(f"--bpda identity: the submodule's output has shape {tuple(out.shape)}, its input "
                              f"{tuple(x.shape)}; the identity backward needs equal shapes. Use --bpda surrogate.")
         return x + (out - x).detach()
-
-
-def parse_bpda(value: str | None) -> tuple[str, str] | None:
-    """'surrogate' -> ('surrogate', ''); 'identity:a.b' -> ('identity', 'a.b'); None -> None; else an InputError."""
-    if value is None:
-        return None
-    mode, _, path = value.partition(":")
-    if mode == "surrogate" and not path:
-        return ("surrogate", "")
-    if mode == "identity" and path.strip():
-        return ("identity", path.strip())
-    raise InputError(f"--bpda must be 'surrogate' or 'identity:<submodule path>' (e.g. identity:model.0); got {value!r}.")
 
 
 def resolve_submodule(model: nn.Module, path: str) -> str:

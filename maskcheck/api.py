@@ -15,14 +15,13 @@ is the only place that calls it. The layer adds what a library owes its caller:
   `requires_grad` flags and `.grad` tensors, and the global random generators (torch CPU and
   CUDA, numpy, `random`). The audit's randomness comes from its own `seed`.
 
-`AuditResultAPI` is mixed into `results.AuditResult`: `.flagged`, `.to_json()`, `.report(path)`
-and `_repr_html_` (a notebook shows the verdict table and the figures inline).
+The result is `maskcheck.AuditResult` (`report.notebook.AuditResult`): the JSON record of
+`results.AuditResult` plus `.report(path)` and `_repr_html_` (a notebook shows the verdict table
+and the figures inline).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import types
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ if TYPE_CHECKING:  # torch and the engine load only when an audit runs: `import 
     import torch.nn as nn
 
     from .checkpoint import LoadedModel
-    from .results import AuditResult, CheckResult
+    from .report.notebook import AuditResult
 
 
 class ArgumentError(InputError, ValueError):
@@ -77,7 +76,7 @@ def audit(
     """Audit `model` for gradient masking on the points `x`, `y`; returns the typed `AuditResult`.
 
     model: a `torch.nn.Module` mapping x in [0, 1] to logits (batch, classes); normalisation
-        belongs inside it (see `maskcheck.data.normalized`). A `LoadedModel` (from
+        belongs inside it (see `maskcheck.models.normalized`). A `LoadedModel` (from
         `maskcheck.checkpoint.load_model` or `load_robustbench`) keeps its provenance.
     x: float images in [0, 1], (N, C, H, W) (tensor or numpy array); y: int labels (N,).
     eps: budget in (0, 1] in the [0, 1] pixel scale, a float or text such as "8/255".
@@ -119,7 +118,7 @@ def audit(
         if not isinstance(flag, bool):
             raise ArgumentError(param, f"must be True or False; got {flag!r}.")
     if bpda is not None:
-        from .adaptive import parse_bpda
+        from .config import parse_bpda
 
         try:
             parse_bpda(bpda)
@@ -172,16 +171,18 @@ def _run_engine(model: "nn.Module | LoadedModel", x: "torch.Tensor", y: "torch.T
                 bpda: str | None = None) -> "AuditResult":
     """The integration point with the audit engine: the only call into `auditing.run_audit`."""
     from .auditing import run_audit
+    from .report.notebook import AuditResult
 
     options = {k: v for k, v in (("square_queries", square_queries), ("apgd_iters", apgd_iters)) if v is not None}
     try:
-        return run_audit(model, (x, y), eps=eps, norm=norm, n=len(y), checks=checks, seed=seed, eot=eot, device=device,
-                         progress=progress, overrides=overrides, num_classes=num_classes,
-                         autoattack_standard=autoattack_standard, bpda=bpda, **options)
+        record = run_audit(model, (x, y), eps=eps, norm=norm, n=len(y), checks=checks, seed=seed, eot=eot, device=device,
+                           progress=progress, overrides=overrides, num_classes=num_classes,
+                           autoattack_standard=autoattack_standard, bpda=bpda, **options)
     except InputError as exc:
         if isinstance(exc, ValueError):
             raise
         raise ArgumentError(None, str(exc)) from None
+    return AuditResult.of(record)
 
 
 # ------------------------------------------------------------------- argument checks
@@ -249,7 +250,7 @@ def _check_points(x: Any, y: Any) -> tuple["torch.Tensor", "torch.Tensor"]:
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise ArgumentError("x", f"must lie in [0, 1]; got min={lo:.3g}, max={hi:.3g}. Put normalisation inside the "
-                                 "model (maskcheck.data.normalized(model, mean, std)).")
+                                 "model (maskcheck.models.normalized(model, mean, std)).")
     return x, y.long()
 
 
@@ -372,94 +373,4 @@ def _cuda_rng_devices(module: "nn.Module", device: "torch.device | None") -> tup
     return [], (dict(vars(tracker)) if tracker is not None else None)
 
 
-# ------------------------------------------------------------------ result conveniences
-
-
-class AuditResultAPI:
-    """Conveniences of `AuditResult` for notebooks and scripts (mixed into the dataclass)."""
-
-    checks: list["CheckResult"]
-
-    @property
-    def flagged(self) -> list["CheckResult"]:
-        """The checks that flagged masking, in battery order ([] when none: falsy)."""
-        return [c for c in self.checks if c.flagged]
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The audit JSON as text (the same document `save` writes; NaN is not valid JSON and raises)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)  # type: ignore[attr-defined]
-
-    def report(self, path: str | Path) -> Path:
-        """Write the HTML report of this audit (the page `maskcheck report` renders) to `path`."""
-        from .fileio import atomic_write_text
-
-        return atomic_write_text(Path(path), report_html([self]))  # type: ignore[list-item]
-
-    def _repr_html_(self) -> str:
-        return notebook_html(self)  # type: ignore[arg-type]
-
-    def summary(self) -> str:
-        """One line: model, verdict, flagged checks, clean and worst-case accuracy."""
-        names = ", ".join(c.check for c in self.flagged) or "none"
-        acc = self.robust_acc.get("worst-case")  # type: ignore[attr-defined]
-        worst = f", worst-case {100 * acc:.1f}%" if isinstance(acc, (int, float)) and math.isfinite(acc) else ""
-        return (f"{self.model.get('name')!s}: {self.verdict.text}; flagged: {names}; "  # type: ignore[attr-defined]
-                f"clean {100 * self.clean_acc:.1f}%{worst}; n={self.n}")  # type: ignore[attr-defined]
-
-
-def report_html(audits: Sequence["AuditResult"]) -> str:
-    """The report page of `maskcheck report`, rendered from audits in memory (no files read)."""
-    from .report.loader import ModelEntry, ReportInputs, _check_unique, matrix_table
-    from .report.render import render_html
-
-    entries = []
-    for a in audits:
-        t = a.model.get("temperature")
-        entries.append(ModelEntry(str(a.model.get("name") or "model"), str(a.model.get("method") or "unknown"),
-                                  None if t is None else float(t), None, a, Path("<memory>")))
-    _check_unique(entries)
-    return render_html(ReportInputs(entries, [], []), matrix_table(entries))
-
-
-_NOTEBOOK_TEMPLATE = """\
-<div class="maskcheck-audit">
-<p><b>{{ verdict }}</b> &mdash; {{ name }}, {{ dataset }}, {{ norm }} eps={{ eps }}, n={{ n }}</p>
-<table>
-<tr><th>check</th><th>result</th><th>summary</th></tr>
-{% for c in checks %}
-<tr><td>{{ c.check }}</td><td style="color: {{ colours[c.severity.value] }}">{{ "flagged" if c.flagged else c.severity.value }}</td>
-<td style="text-align: left">{{ c.summary }}</td></tr>
-{% endfor %}
-</table>
-<p>{% for k, v in acc %}{{ k }} {{ v }}{% if not loop.last %} &middot; {% endif %}{% endfor %}</p>
-{% for f in figures %}<img alt="{{ f.title }}" src="{{ f.uri }}" style="max-width: 32%">{% endfor %}
-</div>
-"""
-
-
-def notebook_html(result: "AuditResult") -> str:
-    """Verdict, one row per check and every figure inline; strings escaped (they come from files)."""
-    import jinja2
-
-    from .report import plots
-
-    figures = [{"title": "accuracy per attack", "uri": plots.attack_bars(result.clean_acc, dict(result.robust_acc))}]
-    for c in result.checks:
-        for p in c.plots:
-            try:
-                uri = plots.draw_plot(p)
-            except plots.PlotError:
-                uri = None  # a damaged plot in a loaded file: the table still shows
-            if uri:
-                figures.append({"title": f"{c.check}: {p.title}", "uri": uri})
-    acc = [("clean", result.clean_acc), *result.robust_acc.items()]
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    return env.from_string(_NOTEBOOK_TEMPLATE).render(
-        verdict=result.verdict.text, name=result.model.get("name"), dataset=result.dataset,
-        norm=result.threat.get("norm"), eps=f"{result.threat.get('eps', math.nan):.4g}", n=result.n,
-        checks=result.checks, colours={"ok": "#2ca02c", "warn": "#ff7f0e", "fail": "#d62728", "skipped": "#7f7f7f"},
-        acc=[(k, f"{100 * float(v):.1f}%") for k, v in acc], figures=figures,
-    )
-
-
-__all__ = ["ArgumentError", "AuditResultAPI", "audit", "audit_loader", "keep_caller_state", "notebook_html", "report_html"]
+__all__ = ["ArgumentError", "audit", "audit_loader", "keep_caller_state"]

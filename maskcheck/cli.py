@@ -368,7 +368,7 @@ def audit_cmd(
     if fail_on not in (None, "masked", "warn", "attack-sensitive"):
         raise MaskcheckError(f"--fail-on must be masked or warn (= attack-sensitive); got {fail_on!r}.")
     if bpda is not None:
-        from .adaptive import parse_bpda
+        from .config import parse_bpda
 
         parse_bpda(bpda)  # a usage error before any model is loaded
     slurm_cfg = _launcher_config(launcher, slurm, slurm_config, wait)
@@ -430,7 +430,7 @@ def audit_cmd(
 
     strict = fail_on in ("warn", "attack-sensitive") and result.verdict.grade != NO_MASKING  # inconclusive fails too
     if strict or ((fail_on_flag or fail_on == "masked") and result.verdict.flagged):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FLAGGED)
 
 
 def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: int, seed: int, square_queries: int,
@@ -463,7 +463,8 @@ def _audit_sweep_folder(sweep_dir: Path, slurm_cfg: "SlurmConfig | None", *, n: 
 
 def _wrap_normalization(loaded: "LoadedModel", text: str) -> None:
     """--normalize: put the model behind (x - mean) / std so the audit feeds it pixels in [0, 1]."""
-    from .data import normalized, parse_normalize
+    from .data import parse_normalize
+    from .models import normalized
 
     if loaded.format == "run":
         raise MaskcheckError("--normalize: a maskcheck run folder normalises inside the model already; drop --normalize.")

@@ -77,8 +77,6 @@ class AuditConfig:
         _positive_int(self.apgd_iters, "apgd_iters", "integer")
         _positive_int(self.batch_size, "batch_size", "integer")
         if self.bpda is not None:
-            from .adaptive import parse_bpda
-
             parse_bpda(self.bpda)
         if isinstance(self.checks, str):
             object.__setattr__(self, "checks", tuple(p.strip() for p in self.checks.split(",") if p.strip()))
@@ -226,3 +224,15 @@ def provenance(device: torch.device | str, seed: int | None) -> dict[str, Any]:
         "seed": seed,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def parse_bpda(value: str | None) -> tuple[str, str] | None:
+    """'surrogate' -> ('surrogate', ''); 'identity:a.b' -> ('identity', 'a.b'); None -> None; else an InputError."""
+    if value is None:
+        return None
+    mode, _, path = value.partition(":")
+    if mode == "surrogate" and not path:
+        return ("surrogate", "")
+    if mode == "identity" and path.strip():
+        return ("identity", path.strip())
+    raise InputError(f"--bpda must be 'surrogate' or 'identity:<submodule path>' (e.g. identity:model.0); got {value!r}.")

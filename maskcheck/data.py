@@ -613,18 +613,3 @@ def parse_normalize(text: str, channels: int) -> tuple[tuple[float, ...], tuple[
         raise InputError(f"--normalize must be a dataset name ({', '.join(DATASETS)}), MEAN,STD or {channels} means then "
                          f"{channels} positive stds, comma-separated; got {text!r}.")
     return tuple(values[:channels]), tuple(values[channels:])
-
-
-def normalized(model: torch.nn.Module, mean: tuple[float, ...] | float, std: tuple[float, ...] | float) -> torch.nn.Module:
-    """`model` behind a normalisation layer, so it takes inputs in [0, 1]: `model((x - mean) / std)`.
-
-    For models trained on normalised inputs; the layer is the one maskcheck's own models use
-    (`models.Classifier`), so attacks, eps and the [0, 1] box refer to raw pixels.
-    """
-    from .models import Classifier
-
-    mean_t = (float(mean),) if isinstance(mean, (int, float)) else tuple(float(m) for m in mean)
-    std_t = (float(std),) if isinstance(std, (int, float)) else tuple(float(s) for s in std)
-    if len(mean_t) != len(std_t):
-        raise InputError(f"normalisation needs as many means as stds; got {len(mean_t)} and {len(std_t)}.")
-    return Classifier(model, mean_t, std_t)

@@ -569,7 +569,3 @@ class GuardedModel(nn.Module):
             if name == "inner":
                 raise
             return getattr(super().__getattr__("inner"), name)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.inner if isinstance(model, GuardedModel) else model

@@ -170,10 +170,6 @@ ARCHITECTURES: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
 }
 
 
-def architecture_names() -> list[str]:
-    return list(ARCHITECTURES)
-
-
 class Classifier(nn.Module):
     """normalise -> network -> logits / temperature. Takes inputs in [0, 1]."""
 
@@ -232,3 +228,16 @@ def load_state_dict_compat(model: Classifier, state: dict[str, torch.Tensor]) ->
             f"{tuple(own[k].shape)} ({len(bad_shape)} such keys). Check --model and --dataset (number of classes)."
         )
     model.load_state_dict(state)
+
+
+def normalized(model: torch.nn.Module, mean: tuple[float, ...] | float, std: tuple[float, ...] | float) -> torch.nn.Module:
+    """`model` behind a normalisation layer, so it takes inputs in [0, 1]: `model((x - mean) / std)`.
+
+    For models trained on normalised inputs; the layer is the one maskcheck's own models use
+    (`models.Classifier`), so attacks, eps and the [0, 1] box refer to raw pixels.
+    """
+    mean_t = (float(mean),) if isinstance(mean, (int, float)) else tuple(float(m) for m in mean)
+    std_t = (float(std),) if isinstance(std, (int, float)) else tuple(float(s) for s in std)
+    if len(mean_t) != len(std_t):
+        raise InputError(f"normalisation needs as many means as stds; got {len(mean_t)} and {len(std_t)}.")
+    return Classifier(model, mean_t, std_t)

@@ -7,12 +7,13 @@ fractions in [0, 1], times are seconds.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
-from .api import AuditResultAPI  # .flagged, .to_json(), .report(), _repr_html_ (the Python API)
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
 
@@ -154,7 +155,12 @@ def _graded(verdict: Mapping[str, Any], checks: list[Mapping[str, Any]]) -> Mapp
 
 
 @dataclass
-class AuditResult(AuditResultAPI):
+class AuditResult:
+    """One audit: what was audited, every check's result, the verdict; `save`/`load` are its JSON form.
+
+    `maskcheck.AuditResult` (`report.notebook.AuditResult`) adds `.report(path)` and the notebook view.
+    """
+
     model: Mapping[str, Any]  # name, path, format, method, temperature, arch (what is known)
     dataset: str
     threat: Mapping[str, Any]  # eps, norm
@@ -210,6 +216,23 @@ class AuditResult(AuditResultAPI):
     @classmethod
     def load(cls, path: str | Path) -> "AuditResult":
         return cls.from_dict(read_json(path, "audit JSON"))
+
+    @property
+    def flagged(self) -> list[CheckResult]:
+        """The checks that flagged masking, in battery order ([] when none: falsy)."""
+        return [c for c in self.checks if c.flagged]
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The audit JSON as text (the same document `save` writes; NaN is not valid JSON and raises)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def summary(self) -> str:
+        """One line: model, verdict, flagged checks, clean and worst-case accuracy."""
+        names = ", ".join(c.check for c in self.flagged) or "none"
+        acc = self.robust_acc.get("worst-case")
+        worst = f", worst-case {100 * acc:.1f}%" if isinstance(acc, (int, float)) and math.isfinite(acc) else ""
+        return (f"{self.model.get('name')!s}: {self.verdict.text}; flagged: {names}; "
+                f"clean {100 * self.clean_acc:.1f}%{worst}; n={self.n}")
 
     def check(self, name: str) -> CheckResult | None:
         return next((c for c in self.checks if c.check == name), None)

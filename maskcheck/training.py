@@ -43,7 +43,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from . import checkpoint
 from .attacks import accuracy, pgd
-from .checks.training_phase import MIN_TRAIN_ROBUST
 from .config import check_eps, derived_seed, format_temperature, resolve_device, seed_everything
 from .data import ImageTensorDataset, get_info, load_dataset
 from .errors import InputError
@@ -58,8 +57,11 @@ INNER_METHODS = ("trades", "ltd")
 INNER_STARTS = ("gaussian", "uniform", "none")  # issue 24 ablation of TRADES' 0.001 N(0, 1) start
 # --precision: the autocast dtype of every forward (inner attack, teacher, loss); fp32 = no autocast.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# The live collapse warning (issue 24): the inner attack moved no point on more than this share of its
-# steps. Derived from the training-phase-gap check's MIN_TRAIN_ROBUST ("fools fewer than 10%"): an
+# The live collapse warning (issue 24) and the training-phase-gap check (checks/training_phase.py) share
+# this threshold (ours): the inner attack left at least 90% of an epoch's training points correct, i.e. it
+# fools fewer than 10% of them: it has "stopped working".
+MIN_TRAIN_ROBUST = 0.9
+# The live warning's second sign: the inner attack moved no point on more than this share of its steps. An
 # attack that stands still on over 10% of its steps has stopped working on as many points (ours).
 MAX_ZERO_STEPS = 1.0 - MIN_TRAIN_ROBUST
 

@@ -66,7 +66,8 @@ def test_audit_is_the_api_function_and_the_engine_keeps_its_own_module() -> None
     from maskcheck.api import audit
 
     assert maskcheck.audit is audit and callable(maskcheck.audit)
-    assert maskcheck.AuditResult is AuditResult
+    # the public result is the JSON record plus the HTML views, which live with the report (issue 25: no cycles)
+    assert issubclass(maskcheck.AuditResult, AuditResult) and maskcheck.AuditResult is not AuditResult
 
 
 def test_audit_leaves_the_callers_model_and_generators_as_found() -> None:
@@ -194,6 +195,9 @@ def test_result_conveniences(honest_result, scaled_result, tmp_path) -> None:
     assert json.loads(scaled_result.to_json()) == json.loads(saved.read_text())  # the document save() writes
     back = AuditResult.load(saved)
     assert back.to_dict() == scaled_result.to_dict() and [c.check for c in back.flagged] == names
+    reloaded = maskcheck.AuditResult.load(saved)  # the public class reads a file back with its HTML views
+    assert type(reloaded) is maskcheck.AuditResult and reloaded.to_dict() == scaled_result.to_dict()
+    assert reloaded.report(tmp_path / "reloaded.html").read_text().count(scaled_result.verdict.text) >= 1
     assert "logit-magnitude" in scaled_result.summary() and scaled_result.verdict.text in scaled_result.summary()
 
 

@@ -11,7 +11,8 @@ import torch
 
 from controls import digits, honest_cnn
 from maskcheck import cli
-from maskcheck.data import get_info, load_points, normalized, parse_normalize
+from maskcheck.data import get_info, load_points, parse_normalize
+from maskcheck.models import normalized
 from maskcheck.errors import InputError
 
 QUICK = ["--quiet", "--square-queries", "20", "--checks", "logit-magnitude"]

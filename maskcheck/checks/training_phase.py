@@ -23,6 +23,7 @@ from scipy.stats import binom
 
 from ..errors import InputError
 from ..results import CheckResult, PlotData, Severity
+from ..training import MIN_TRAIN_ROBUST
 from .base import Check, pp, register
 
 FAIL, WARN, OK, SKIP = "fail", "warn", "ok", "skip"
@@ -32,7 +33,8 @@ FAIL, WARN, OK, SKIP = "fail", "warn", "ok", "skip"
 # attack: robust generalisation gap plus attack-strength gap, about 10-25 pp on digits/MNIST
 # (reports/*/data) and up to ~40 pp with CIFAR robust overfitting (Rice et al. 2020). Hence a
 # wide margin (30 pp) and the held-out PGD accuracy of the same epoch as the tie-breaker below.
-MIN_TRAIN_ROBUST = 0.9  # the inner attack fools fewer than 10% of training points: "stopped working"
+# MIN_TRAIN_ROBUST (0.9: the inner attack fools fewer than 10% of training points, "stopped working") is
+# training.py's, where the live collapse warning uses it during training; this check reuses it.
 MIN_GAP = 0.30  # training-phase minus worst-case accuracy beyond which the gap is not ordinary
 ALPHA = 0.01  # one-sided exact binomial test on the n audited points
 

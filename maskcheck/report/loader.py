@@ -114,7 +114,7 @@ def load_inputs(inputs: Iterable[str | Path]) -> ReportInputs:
             raise InputError(f"{path} is neither a maskcheck sweep.json nor an audit JSON. Pass sweep folders or audit.json files.")
     if not entries:
         raise InputError("the inputs hold no models (empty sweep?). Run maskcheck train-sweep and maskcheck audit first.")
-    _check_unique(entries)
+    check_unique(entries)
     return ReportInputs(entries, sweeps, sweep_dirs)
 
 
@@ -211,7 +211,7 @@ def _temperature(value: Any) -> float | None:
         raise InputError(f"temperature must be a number or null; got {value!r}. Fix the run or audit JSON.") from None
 
 
-def _check_unique(entries: list[ModelEntry]) -> None:
+def check_unique(entries: list[ModelEntry]) -> None:
     seen: dict[str, Path] = {}
     for e in entries:
         if e.name in seen:
