@@ -1,7 +1,7 @@
 """maskcheck: tell real adversarial robustness from gradient masking.
 
 Data flows one way: data -> models -> methods/training -> checkpoint -> audit (checks)
--> JSON -> report. See README.md for the commands and the Python API:
+-> JSON -> report. See README.md and docs/ for the commands and docs/api.md for the Python API:
 
     import maskcheck
     result = maskcheck.audit(model, x, y, eps=8 / 255)   # -> maskcheck.AuditResult

@@ -4,7 +4,7 @@ A run folder holds `model.safetensors` (weights only: loading it cannot run code
 `run.json` (method, temperatures, architecture, dataset, threat model, seed, epochs,
 metrics, versions, device). Both are written atomically.
 
-Foreign models (not trained by maskcheck) follow the loading policy (README, "Loading policy"):
+Foreign models (not trained by maskcheck) follow the loading policy (docs/loading-policy.md):
 * data-only formats load by default: `torch.export` archives (`torch.export.save`, the
   documented way to hand over a model) whose every entry is plain tensor data, checked entry by
   entry in `guard.inspect_pt2` before torch reads them; state dicts (`.pt`/`.pth` via
@@ -174,7 +174,7 @@ def load_model(
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
     timeout_per_batch: float | None = None,
 ) -> LoadedModel:
-    """Load a run folder or a model file for auditing, under the loading policy (README).
+    """Load a run folder or a model file for auditing, under the loading policy (docs/loading-policy.md).
 
     Data-only formats load by default: run folders, `.safetensors` and weights-only `.pt` state
     dicts with `arch`, and `torch.export` archives whose every entry is plain tensor data

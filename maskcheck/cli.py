@@ -1,7 +1,7 @@
 """The `maskcheck` command line: parse, build configs, call the library, write files.
 
 This is the only module that prints. User mistakes raise `MaskcheckError` anywhere below;
-`main()` turns them into one line on stderr and the documented exit code (README, "Exit codes").
+`main()` turns them into one line on stderr and the documented exit code (docs/failure-modes.md).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ app = typer.Typer(
 MAX_LIMIT_FLAG = 1e6  # ours: --max-*-gib (a PiB) and --timeout-per-batch (11 days) beyond any real need
 DEVICE_HELP = "auto (CUDA if present, else CPU), cpu, or cuda[:n]."
 DATA_DIR_HELP = "Folder holding downloaded datasets (default: $MASKCHECK_DATA_DIR or ~/.cache/maskcheck/data)."
-LAUNCHER_HELP = "local: this machine's worker pool (--jobs); slurm: one Slurm job per run and per audit (README, 'On a Slurm cluster')."
+LAUNCHER_HELP = "local: this machine's worker pool (--jobs); slurm: one Slurm job per run and per audit (docs/slurm.md)."
 SLURM_HELP = "Slurm setting KEY=VALUE, repeatable: partition, time, gpus, cpus, mem, account, qos, constraint, setup, sbatch.<option>."
 SLURM_CONFIG_HELP = "JSON or TOML file of Slurm settings (the --slurm keys; extra sbatch options in an sbatch table)."
 AUTOATTACK_STANDARD_HELP = ("Also run FAB-T for the AutoAttack-standard robust accuracy, to compare with papers (off by default: "

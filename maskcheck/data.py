@@ -381,8 +381,8 @@ def load_points(path: str | Path, info: DatasetInfo, n: int | None = None, *, ma
     tensor file and a fixed seeded sample of n images of a folder (a folder is sorted by
     class, so its first n would all be one class). Raises InputError in one line.
 
-    A data file is as untrusted as a model file and shares its limits (README, "Loading
-    policy"): regular files only, at most `max_file_bytes` on disk, read by the strict zip
+    A data file is as untrusted as a model file and shares its limits (docs/loading-policy.md):
+    regular files only, at most `max_file_bytes` on disk, read by the strict zip
     reader with everything it unpacks or declares capped at `max_unpacked_bytes`; tensors
     dense, on the CPU, without zero strides; images decoded by PNG/JPEG/BMP/PPM only, each
     under `limits.MAX_IMAGE_PIXELS`.

@@ -1,7 +1,7 @@
 """Defences against untrusted inputs: model files, JSON files and output paths.
 
 People who audit a model hold a stranger's file by the nature of the job. This module holds
-what keeps such a file from running code or exhausting the machine (README, "Loading policy"):
+what keeps such a file from running code or exhausting the machine (docs/loading-policy.md):
 
 * `read_model_bytes`: regular files only (no FIFO, device, or link to one), read once into
   memory under a size cap, so what is inspected is exactly what is loaded;

@@ -1,4 +1,4 @@
-"""Default resource limits for untrusted model and data files (ours; README, "Loading policy").
+"""Default resource limits for untrusted model and data files (ours; docs/loading-policy.md).
 
 Far above any model maskcheck audits (a WRN-34-10 is 0.2 GiB of float32 weights), far below
 what takes a machine down. Kept free of torch so the CLI can show them in --help cheaply.

@@ -1,7 +1,7 @@
 """Checks of untrusted JSON inputs and of output paths; no torch, so `report` can use it.
 
 * `validate_*`: audit JSON, regression baselines, run.json and sweep.json checked field by field,
-  each failure one line naming the file and the field (README, "Failure modes");
+  each failure one line naming the file and the field (docs/failure-modes.md);
 * `csv_cell`: spreadsheet formulas in CSV cells neutralised;
 * `check_out_path` / `check_out_folder`: an output that cannot be written is refused before any work.
 """

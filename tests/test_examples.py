@@ -1,4 +1,4 @@
-"""The examples users copy: the README's pytest file and examples/notebook_audit.py, run as written."""
+"""The examples users copy: docs/api.md's pytest file and examples/notebook_audit.py, run as written."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ def _env() -> dict[str, str]:
 
 
 def readme_test_file() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "api.md").read_text()
     after = text[text.index(MARKER):]
     match = re.search(r"```python\n(.*?)```", after, re.S)
-    assert match, "no python block after the README's test-file marker"
+    assert match, "no python block after the test-file marker in docs/api.md"
     return match.group(1)
 
 
-def test_readme_pytest_example_runs_as_written(tmp_path) -> None:
+def test_the_api_docs_pytest_example_runs_as_written(tmp_path) -> None:
     (tmp_path / "test_my_model.py").write_text(readme_test_file())
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_model.py"],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
