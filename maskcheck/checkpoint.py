@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from .config import provenance
-from .data import DatasetInfo, get_info
+from .data import DATASETS, DatasetInfo, get_info
 from .errors import InputError, MaskcheckError, UnsafeModelFileError
 from .fileio import atomic_write, atomic_write_json, read_json
 from .guard import (
@@ -248,7 +248,7 @@ def _load_model(path: Path, dataset: str | None, arch: str | None, device: torch
     if dataset is None and sibling_run.is_file() and path.name == WEIGHTS_FILE:
         return load_run(path.parent, device)
     if dataset is None:
-        raise InputError(f"--dataset is required for {path.name} (valid: digits, mnist, fashion-mnist, cifar10, cifar100, synthetic).")
+        raise InputError(f"--dataset is required for {path.name} (valid: {', '.join(DATASETS)}).")
     info = get_info(dataset)
 
     def from_state(state: dict[str, torch.Tensor], fmt: str) -> LoadedModel:

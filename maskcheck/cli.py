@@ -87,7 +87,7 @@ def _train_settings(**values: object) -> dict:
 
 @app.command("train")
 def train_cmd(
-    method: str = typer.Option(..., "--method", help="natural, dd, trades, ltd, rslad or pgd-at."),
+    method: str = typer.Option(..., "--method", help="Training method, a name of maskcheck/methods/ (the table in docs/cli.md; an unknown name lists them)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Distillation temperature T (dd, ltd)."),
     tau: float = typer.Option(1.0, "--tau", help="ltd: fixed student temperature inside forward, train and test."),
     awp: bool = typer.Option(False, "--awp", help="Adversarial weight perturbation (trades, ltd, pgd-at)."),
@@ -134,7 +134,7 @@ def train_cmd(
 @app.command("train-sweep")
 def train_sweep_cmd(
     temps: str = typer.Option("1,2,5,10,15,20", "--temps", help="Comma-separated positive temperatures, or 'paper' (1,2,3,5,8,10,12,15,20: LTD Table IV)."),
-    methods: str = typer.Option("dd,trades,ltd", "--methods", help="Subset of dd,trades,ltd,rslad,pgd-at."),
+    methods: str = typer.Option("dd,trades,ltd", "--methods", help="Comma-separated training methods besides the natural teacher (the table in docs/cli.md; an unknown name lists them)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Train every job per seed, e.g. 0,1,2 (runs/s<seed>/<name>, names <name>-s<seed>; one natural teacher per seed). Overrides --seed."),
     arms: Optional[str] = typer.Option(None, "--arms", help="Reference/ablation arms, each its own report row: trades-beta1, trades-innerce, ltd-innerkl (every T) or ltd-T5-innerkl."),
     teacher_acc: Optional[float] = typer.Option(None, "--teacher-acc", help="Train the natural teacher until its training accuracy reaches this (e.g. 0.995)."),
@@ -172,7 +172,7 @@ def train_sweep_cmd(
 ) -> None:
     """Train natural, dd, trades and ltd over a temperature sweep, audit them and render the report; rerun to resume."""
     from .config import parse_name_list, parse_temps
-    from .sweep import SWEEP_METHODS, hold_sweep_lock, parse_arms, parse_seeds, run_sweep
+    from .sweep import hold_sweep_lock, sweep_methods, parse_arms, parse_seeds, run_sweep
     from .training import PRESETS
 
     _check_seed(seed)
@@ -181,7 +181,7 @@ def train_sweep_cmd(
     for s in seed_list or []:
         _check_seed(s, "--seeds")
     arm_list = parse_arms(arms)
-    method_list = parse_name_list(methods, SWEEP_METHODS, "--methods")
+    method_list = parse_name_list(methods, sweep_methods(), "--methods")
     if audit_n <= 0:
         raise MaskcheckError(f"--audit-n must be a positive number of points; got {audit_n}.")
     settings = _train_settings(arch=arch, epochs=epochs, eps=eps, batch_size=batch_size, lr=lr, attack_steps=attack_steps,

@@ -50,6 +50,7 @@ def cli_markdown() -> str:
     lines = [HEADER.format(source="the commands' help in maskcheck/cli.py"), "# Command reference\n\n",
              f"{_cell(group.help)} Every command takes `-h/--help`. Exit codes: "
              "[failure-modes.md](failure-modes.md).\n"]
+    lines.append(_methods_table())
     for name, command in group.commands.items():
         ctx = click.Context(command, info_name=name, parent=root)
         params = [p for p in command.get_params(ctx) if p.name != "help"]
@@ -61,6 +62,23 @@ def cli_markdown() -> str:
             shown = f"`{p.name.upper()}`" if isinstance(p, click.Argument) else flags
             lines.append(f"| {shown} | {_default(p)} | {_cell(getattr(p, 'help', '') or '')} |\n")
     return "".join(lines)
+
+
+def _methods_table() -> str:
+    """`--method` and `--methods` take these names: the registry of maskcheck/methods/."""
+    from .methods import METHODS
+
+    rows = ["\n## Training methods\n\n`train --method NAME` and `train-sweep --methods A,B` take these names (`maskcheck/methods/`,\n"
+            "one file each; the loss and its source are in the file). A sweep always trains the natural model first.\n\n"
+            "| method | what | teacher | temperature T | adversarial | `--awp` | sweep jobs (temps 1,5) |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n"]
+    for name, cls in METHODS.items():
+        module_doc = sys.modules[cls.__module__].__doc__ or ""  # its file's first line: the method and its paper
+        what = _cell(module_doc.strip().splitlines()[0] if module_doc.strip() else name)
+        jobs = ", ".join(f"`{job}`" for job, _, _ in cls.sweep_jobs([1, 5]))
+        rows.append(f"| `{name}` | {what} | {'yes' if cls.needs_teacher else 'no'} | {'yes' if cls.has_temperature else 'no'} | "
+                    f"{'yes' if cls.adversarial else 'no'} | {'yes' if cls.supports_awp else 'no'} | {jobs} |\n")
+    return "".join(rows)
 
 
 def checks_markdown() -> str:

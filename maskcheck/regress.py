@@ -121,11 +121,13 @@ def compare(baseline: Mapping[str, Any], audits: Mapping[str, AuditResult]) -> l
             b_flag = None if b is None else b["flagged"]  # a JSON boolean (validate_baseline)
             a_flag = None if a is None else a.flagged
             if b_flag != a_flag:
+                note = ("check no longer run" if a is None else
+                        "new check, not in the baseline (record it with --write-baseline); " if b is None else "")
                 changes.append(Change(
                     model, check,
                     _state(b_flag, None if b is None else b.get("severity")),
                     _state(a_flag, None if a is None else a.severity.value),
-                    "" if a is None else _evidence_text(a.evidence),
+                    note + ("" if a is None else _evidence_text(a.evidence)),
                 ))
     return changes
 

@@ -43,11 +43,17 @@ from .errors import InputError
 from .fileio import atomic_write_json, read_json
 from .validate import read_sweep, validate_run
 from .auditing import DEFAULT_SQUARE_QUERIES
+from .methods import METHODS
 from .training import DATASET_DEFAULTS, LAST_CKPT, make_config, train_run
 
 SWEEP_FILE = "sweep.json"
 SWEEP_SCHEMA_VERSION = 1
-SWEEP_METHODS = ("dd", "trades", "ltd", "rslad", "pgd-at")
+
+
+def sweep_methods() -> tuple[str, ...]:
+    """Every registered method but the natural one, which every sweep trains first (the teacher of LTD)."""
+    return tuple(name for name in METHODS if name != "natural")
+
 DEFAULT_METHODS = ("dd", "trades", "ltd")
 
 
@@ -136,9 +142,9 @@ def plan_jobs(temps: Iterable[float], methods: Iterable[str] = DEFAULT_METHODS, 
     overrides of the natural job, e.g. {"stop_train_acc": 0.995, "epochs": 40} (converged teacher).
     """
     temps, methods, arms = list(temps), list(methods), list(arms)
-    unknown = [m for m in methods if m not in SWEEP_METHODS]
+    unknown = [m for m in methods if m not in sweep_methods()]
     if unknown:
-        raise InputError(f"unknown sweep method(s) {', '.join(unknown)}; valid: {', '.join(SWEEP_METHODS)}.")
+        raise InputError(f"unknown sweep method(s) {', '.join(unknown)}; valid: {', '.join(sweep_methods())}.")
     base = plan_base(temps, methods, arms, teacher)
     if seeds is None:
         return base
@@ -158,25 +164,17 @@ def plan_base(temps: list[float], methods: list[str], arms: list[Arm], teacher: 
     if teacher:
         natural = replace(natural, overrides=tuple(sorted(teacher.items())))
     jobs = [natural]
-    if "dd" in methods:
-        for t in temps:
-            tag = format_temperature(t)
-            jobs += [_job(f"dd-teacher-T{tag}", "dd", t), _job(f"dd-T{tag}", "dd", t, teacher=f"dd-teacher-T{tag}")]
-    if "trades" in methods or "rslad" in methods:
-        jobs.append(_job("trades", "trades"))
-    if "ltd" in methods:
-        jobs += [_job(f"ltd-T{format_temperature(t)}", "ltd", t, teacher="natural") for t in temps]
-    if "rslad" in methods:
-        jobs.append(_job("rslad", "rslad", teacher="trades"))
-    if "pgd-at" in methods:
-        jobs.append(_job("pgd-at", "pgd-at"))
-    for arm in arms:
-        if arm.method == "trades":
-            jobs.append(replace(_job(f"trades-{arm.variant}", "trades"), variant=arm.variant, overrides=arm.overrides))
-        else:
-            for t in ([arm.temperature] if arm.temperature is not None else temps):
-                name = f"ltd-T{format_temperature(t)}-{arm.variant}"
-                jobs.append(replace(_job(name, "ltd", t, teacher="natural"), variant=arm.variant, overrides=arm.overrides))
+    wanted = set(methods)
+    for name in methods:  # a method whose teacher is another sweep method (rslad <- trades) brings it along
+        while (name := METHODS[name].sweep_teacher) in METHODS and name != "natural":
+            wanted.add(name)
+    for name in sweep_methods():  # registry order: a teacher's jobs come before its students'
+        if name in wanted:
+            jobs += [_job(job, name, t, teacher=by) for job, t, by in METHODS[name].sweep_jobs(temps)]
+    for arm in arms:  # the arm's method's own jobs (at the arm's T when it names one), renamed <job>-<variant>
+        for job, t, by in METHODS[arm.method].sweep_jobs([arm.temperature] if arm.temperature is not None else temps):
+            jobs.append(replace(_job(f"{job}-{arm.variant}", arm.method, t, teacher=by), variant=arm.variant,
+                                overrides=arm.overrides))
     names = [j.name for j in jobs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -689,7 +687,7 @@ def estimate_seconds(job: Job, dataset: str, settings: Mapping[str, Any]) -> flo
         return None
     cfg = make_config(job.method, dataset, temperature=job.temperature, **{**settings, **dict(job.overrides)})
     frac = 1.0 if cfg.max_train is None else min(1.0, cfg.max_train / {"digits": 1438, "mnist": 8000}[dataset])
-    kind = "adversarial" if job.method in ADVERSARIAL_METHODS else "natural"
+    kind = "adversarial" if METHODS[job.method].adversarial else "natural"
     return rates[kind] * cfg.epochs * frac * (cfg.attack_steps / DATASET_DEFAULTS[dataset]["attack_steps"] if kind == "adversarial" else 1)
 
 
@@ -703,7 +701,6 @@ def estimate_cost(plan: list[Job], dataset: str, settings: Mapping[str, Any]) ->
 
 # ------------------------------------------------------------------ ETA and where the time went
 
-ADVERSARIAL_METHODS = ("trades", "ltd", "pgd-at", "rslad")
 # Relative audit cost of an adversarially trained model to a natural or dd one, for the ETA only
 # (ours: in the committed digits reports' audit.json timings the natural and dd audits took 3-100 s,
 # the trades/ltd ones 130-370 s; their points stand, so every attack runs on all of them).
@@ -893,8 +890,14 @@ def audit_sweep(
 
 def _audit_weight(task: _AuditTask) -> float:
     """A model's expected audit cost relative to a natural one, for the ETA (AUDIT_WEIGHT_ADVERSARIAL)."""
-    method = task.name.split("-")[0]
-    return AUDIT_WEIGHT_ADVERSARIAL if method in ADVERSARIAL_METHODS or task.name.startswith("pgd-at") else 1.0
+    method = method_of(task.name)
+    return AUDIT_WEIGHT_ADVERSARIAL if method is not None and METHODS[method].adversarial else 1.0
+
+
+def method_of(job_name: str) -> str | None:
+    """The registered method a sweep job's name starts with (`ltd-T5-s1` -> ltd, `pgd-at` -> pgd-at)."""
+    hits = [m for m in METHODS if job_name == m or job_name.startswith(m + "-")]
+    return max(hits, key=len) if hits else None
 
 
 def plan_audits(

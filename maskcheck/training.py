@@ -47,7 +47,7 @@ from .config import check_eps, derived_seed, format_temperature, resolve_device,
 from .data import ImageTensorDataset, get_info, load_dataset
 from .errors import InputError
 from .fileio import atomic_write
-from .methods import AWP, AWP_DEFAULTS, AWP_METHODS, METHODS, StepContext, build_method
+from .methods import AWP, AWP_DEFAULTS, METHODS, StepContext, awp_methods, build_method
 from .methods.base import ADV_LOGITS, InnerStats, Method
 from .models import build_model
 
@@ -148,8 +148,8 @@ class TrainConfig:
             raise InputError(f"--temperature must be a positive number; got {self.temperature}.")
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise InputError(f"--tau must be a positive number; got {self.tau}.")
-        if self.awp and self.method not in AWP_METHODS:
-            raise InputError(f"--awp works with {', '.join(AWP_METHODS)}; not with {self.method}.")
+        if self.awp and self.method not in awp_methods():
+            raise InputError(f"--awp works with {', '.join(awp_methods())}; not with {self.method}.")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"--epochs and --batch-size must be positive; got {self.epochs} and {self.batch_size}.")
         if self.inner is not None and (self.inner not in INNER_LOSSES or self.method not in INNER_METHODS):

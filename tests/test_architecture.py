@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"auditing"},
     {"report"},
     {"api", "testing", "controls", "zoo", "regress", "temperature", "sweep", "launch", "robustbench_models", "schema",
-     "cli", "__main__"},
+     "docs", "cli", "__main__"},
 ]
 
 

@@ -102,3 +102,14 @@ def test_regress_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     code, _, err = _cli(["regress", str(sweep), "--baseline", str(tmp_path / "missing.json")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_a_new_check_is_named_as_new_not_as_a_changed_flag(tmp_path: Path) -> None:
+    """Issue 25: adding a check moves the baseline; the diff says so instead of reporting a flag that changed."""
+    write_baseline(tmp_path / "b.json", {"a": _audit("a", {"x": False, "old": False})})
+    changes = compare(load_baseline(tmp_path / "b.json"), {"a": _audit("a", {"x": False, "new": False})})
+    by_check = {c.check: c for c in changes}
+    assert set(by_check) == {"new", "old"}
+    assert by_check["new"].before == "absent" and by_check["new"].evidence.startswith("new check, not in the baseline")
+    assert by_check["old"].after == "absent" and by_check["old"].evidence == "check no longer run"
+    assert "--write-baseline" in format_diff(changes)

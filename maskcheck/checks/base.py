@@ -7,7 +7,8 @@ CheckResult` reads their per-example outcomes from the read-only `AuditContext` 
 `maskcheck.auditing`), so one APGD run feeds every check that needs it.
 Its class docstring ("Flags when / Why / Reference") is its only documentation: it is copied
 into every result (`CheckResult.doc`), and the report shows it. Adding a check = one file here
-(decorated with `@register`, imported in `__init__`) plus its test.
+(decorated with `@register`, its place in the battery as `order`; `__init__` imports every module
+of this folder) plus its test.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Check:
     name: ClassVar[str] = ""
     mechanism: ClassVar[str] = ""
     remedy: ClassVar[str] = ""
+    order: ClassVar[int] = 1000  # place in the battery (checks/__init__ sorts by it); the default runs last
     # True: the check reads gradient attacks and is skipped, with one reason, when the input has no
     # gradient path (gradient-health reports that case itself)
     needs_gradients: ClassVar[bool] = False

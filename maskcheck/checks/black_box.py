@@ -31,6 +31,7 @@ class BlackBoxGap(Check):
     alpha: float = 0.01
 
     name = "black-box-gap"
+    order = 20  # place in the battery: the order of the audit JSON's checks and of the report
     mechanism = "black-box beats white-box"
     remedy = "use an adaptive attack (BPDA for non-differentiable steps, EOT for randomness) or longer Square"
 

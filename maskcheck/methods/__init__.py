@@ -33,11 +33,11 @@ METHODS: dict[str, type[Method]] = {
     "rslad": RSLAD,
     "pgd-at": PGDAT,
 }
-AWP_METHODS = ("trades", "ltd", "pgd-at")
 
 
-def method_names() -> list[str]:
-    return list(METHODS)
+def awp_methods() -> tuple[str, ...]:
+    """The methods `--awp` can wrap (read from the registry when asked, so a method added later counts)."""
+    return tuple(name for name, cls in METHODS.items() if cls.supports_awp)
 
 
 def build_method(name: str, **params: Any) -> Method:
@@ -50,4 +50,4 @@ def build_method(name: str, **params: Any) -> Method:
     return cls(**{k: v for k, v in params.items() if k in fields and v is not None})
 
 
-__all__ = ["AWP", "AWP_DEFAULTS", "AWP_METHODS", "Batch", "METHODS", "Method", "StepContext", "build_method", "method_names"]
+__all__ = ["AWP", "AWP_DEFAULTS", "awp_methods", "Batch", "METHODS", "Method", "StepContext", "build_method"]

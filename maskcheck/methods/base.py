@@ -20,11 +20,13 @@ networks with BatchNorm (batch statistics over x and x' together instead of sepa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..config import format_temperature
 
 
 # Batch.extra key where an adversarial method's `objective` leaves its (detached) logits on x'. The
@@ -123,6 +125,17 @@ class Method:
     # the objective trains on `Batch.soft` in place of the one-hot labels when it is set (training.fit's
     # soft-label targets); methods that compute `soft` from a teacher or ignore it leave this False
     takes_soft_labels: ClassVar[bool] = False
+    supports_awp: ClassVar[bool] = False  # `--awp` may wrap its adversarial objective (methods/awp.py)
+    # the sweep job that teaches it ("natural", "trades"); the sweep plans that job too when it is asked for this one
+    sweep_teacher: ClassVar[str | None] = None
+
+    @classmethod
+    def sweep_jobs(cls, temps: Sequence[float]) -> list[tuple[str, float | None, str | None]]:
+        """The jobs `train-sweep` plans for this method, as (name, temperature, teacher job): one per T when it
+        has a temperature (`ltd-T5`), else one (`trades`)."""
+        if cls.has_temperature:
+            return [(f"{cls.name}-T{format_temperature(t)}", t, cls.sweep_teacher) for t in temps]
+        return [(cls.name, None, cls.sweep_teacher)]
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:
         return Batch(x, y)

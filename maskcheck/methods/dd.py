@@ -15,12 +15,13 @@ the known gradient masking this method exists in maskcheck to reproduce.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import format_temperature
 from .base import Batch, Method, StepContext, autocast_ctx, soft_cross_entropy
 
 
@@ -29,6 +30,15 @@ class DefensiveDistillation(Method):
     name: ClassVar[str] = "dd"
     has_temperature: ClassVar[bool] = True
     takes_soft_labels: ClassVar[bool] = True
+
+    @classmethod
+    def sweep_jobs(cls, temps: Sequence[float]) -> list[tuple[str, float | None, str | None]]:
+        """Per T a teacher trained on logits / T and a student on its soft labels (deployed with raw logits)."""
+        jobs: list[tuple[str, float | None, str | None]] = []
+        for t in temps:
+            tag = format_temperature(t)
+            jobs += [(f"dd-teacher-T{tag}", t, None), (f"dd-T{tag}", t, f"dd-teacher-T{tag}")]
+        return jobs
     temperature: float = 100.0  # C&W default train_temp=100
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:

@@ -39,6 +39,8 @@ class LTD(Method):
     needs_teacher: ClassVar[bool] = True
     has_temperature: ClassVar[bool] = True
     adversarial: ClassVar[bool] = True
+    supports_awp: ClassVar[bool] = True
+    sweep_teacher: ClassVar[str | None] = "natural"
     temperature: float = 5.0  # paper Table IV: T = 5 best on CIFAR-10
     beta: float = 6.0
     inner: str | None = None  # None = "ce", the paper's attack; "kl" = ablation (TRADES' attack)

@@ -23,6 +23,7 @@ from .base import ADV_LOGITS, Batch, Method, StepContext, attack_passes, autocas
 class PGDAT(Method):
     name: ClassVar[str] = "pgd-at"
     adversarial: ClassVar[bool] = True
+    supports_awp: ClassVar[bool] = True
     attack_train_mode: bool = True
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:

@@ -28,6 +28,7 @@ class RSLAD(Method):
     name: ClassVar[str] = "rslad"
     needs_teacher: ClassVar[bool] = True
     adversarial: ClassVar[bool] = True
+    sweep_teacher: ClassVar[str | None] = "trades"  # a robust teacher (Zi et al. 2021)
     adv_weight: float = 5 / 6
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:

@@ -65,6 +65,7 @@ def kl_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.
 class Trades(Method):
     name: ClassVar[str] = "trades"
     adversarial: ClassVar[bool] = True
+    supports_awp: ClassVar[bool] = True
     beta: float = 6.0  # TRADES README / train_trades_cifar10.py default (MNIST script: 1.0)
     inner: str | None = None  # None = "kl", the reference's attack; "ce" = ablation
 
