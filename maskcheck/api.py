@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
+from .config import DEFAULT_N, NORMS
 from .errors import InputError
 
 if TYPE_CHECKING:  # torch and the engine load only when an audit runs: `import maskcheck` stays cheap
@@ -100,8 +101,8 @@ def audit(
 
     module = _module_of(model)
     eps = _check_eps(eps)
-    if norm not in ("linf", "l2"):
-        raise ArgumentError("norm", f"must be 'linf' or 'l2'; got {norm!r}.")
+    if norm not in NORMS:
+        raise ArgumentError("norm", f"must be one of {', '.join(map(repr, NORMS))}; got {norm!r}.")
     x, y = _check_points(x, y)
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -135,7 +136,7 @@ def audit(
     return result
 
 
-def audit_loader(model: "nn.Module | LoadedModel", loader: Iterable[Any], *, n: int | None = 1000,
+def audit_loader(model: "nn.Module | LoadedModel", loader: Iterable[Any], *, n: int | None = DEFAULT_N,
                  **kwargs: Any) -> "AuditResult":
     """`audit` on the first `n` points a loader yields (batches of (x, y, ...); None = all of them).
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import DEFAULT_APGD_ITERS, DEFAULT_SQUARE_QUERIES, derived_seed, seed_everything
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> (B,)
 
 
@@ -375,8 +377,6 @@ def _apgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     """pyautoattack's untargeted APGD with loss 'ce' or 'dlr' (Croce & Hein 2020)."""
     from pyautoattack.autopgd_base import APGDAttack
 
-    from .config import derived_seed
-
     a = APGDAttack(model, n_iter=spec.steps, norm=_aa_norm(env.norm), n_restarts=spec.restarts, eps=spec.eps or env.eps,
                    loss=spec.loss, seed=derived_seed(env.seed, "apgd-ce" if spec.loss == "ce" else f"apgd-{spec.loss}"),
                    eot_iter=env.eot, device=env.device, logger=_aa_logger())
@@ -387,8 +387,6 @@ def _apgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 def _apgd_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """Targeted APGD-DLR, 9 target classes as AutoAttack standard (needs > 3 classes)."""
     from pyautoattack.autopgd_base import APGDAttack_targeted
-
-    from .config import derived_seed
 
     if env.num_classes < 4:
         return _scored(model, x, y)
@@ -402,8 +400,6 @@ def _apgd_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor
 def _fab_t(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """Targeted FAB with AutoAttack standard's settings (autoattack.py: n_target_classes 9, 100 it., 1 restart)."""
     from pyautoattack.fab_pt import FABAttack_PT
-
-    from .config import derived_seed
 
     if env.num_classes < 3:
         return _scored(model, x, y)
@@ -487,13 +483,11 @@ def _stalling_square(base: type) -> type:
     return StallingSquare
 
 
-@adapter("square", uses_gradients=False, own_eot=True, cost=lambda s: float(s.queries or 5000) * s.restarts)
+@adapter("square", uses_gradients=False, own_eot=True, cost=lambda s: float(s.queries or DEFAULT_SQUARE_QUERIES) * s.restarts)
 def _square(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """Square (black-box, Andriushchenko et al. 2020) with AutoAttack standard's p_init 0.8 and schedule,
     at most `queries`, stopped early once it stalls at its finest window (SQUARE_STALL_SWEEPS)."""
     from pyautoattack.square import SquareAttack
-
-    from .config import derived_seed
 
     c, h, w = x.shape[1:] if x.ndim == 4 else (1, 1, x[0].numel())
     sq = _stalling_square(SquareAttack)(
@@ -511,8 +505,6 @@ NOISE_TILE = 10  # noise draws per point per forward pass (fewer, larger batches
 def _noise(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
     """foolbox's repeated additive uniform noise, `spec.queries` draws per point (batched `NOISE_TILE` at a time)."""
     import foolbox as fb
-
-    from .config import derived_seed, seed_everything
 
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=env.device)
     cls = fb.attacks.LinfRepeatedAdditiveUniformNoiseAttack if env.norm == "linf" else fb.attacks.L2RepeatedAdditiveUniformNoiseAttack
@@ -563,7 +555,7 @@ class Battery:
     square: AttackSpec
 
     @classmethod
-    def standard(cls, apgd_iters: int = 100) -> "Battery":
+    def standard(cls, apgd_iters: int = DEFAULT_APGD_ITERS) -> "Battery":
         pgd_ce = AttackSpec("pgd", "ce", PGD_STEPS, label="pgd-ce", record=True)
         pgd_margin = AttackSpec("pgd", "margin", PGD_STEPS, label="pgd-margin", record=True)
         apgd_ce = AttackSpec("apgd", "ce", apgd_iters, after=(pgd_ce,), label="apgd-ce")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from . import __version__
+from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, check_norm
 from .errors import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, MaskcheckError
 from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, DEFAULT_TIMEOUT_PER_BATCH, GIB
 from .validate import check_out_folder, check_out_path
@@ -157,8 +158,8 @@ def train_sweep_cmd(
     precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     audit: bool = typer.Option(True, "--audit/--no-audit", help="Audit every trained model (RUN/audit.json) after training."),
-    audit_n: int = typer.Option(1000, "--audit-n", help="Held-out points per audit (capped at the split's size)."),
-    square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries per audit (AutoAttack default 5000)."),
+    audit_n: int = typer.Option(DEFAULT_N, "--audit-n", help="Held-out points per audit (capped at the split's size)."),
+    square_queries: int = typer.Option(DEFAULT_SQUARE_QUERIES, "--square-queries", help="Square attack queries per audit (AutoAttack standard's)."),
     autoattack_standard: bool = typer.Option(False, "--autoattack-standard/--no-autoattack-standard",
                                              help=AUTOATTACK_STANDARD_HELP),
     report: bool = typer.Option(True, "--report/--no-report", help="Render the HTML report of the sweep and its audits."),
@@ -311,7 +312,7 @@ def audit_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", "--model", help="Architecture for bare weights, e.g. small-cnn."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Budget in (0, 1], e.g. 0.3 or 8/255 (default: the run's or the dataset's)."),
     norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2 (default: the run's, else linf)."),
-    n: int = typer.Option(1000, "--n", help="Number of held-out points to audit."),
+    n: int = typer.Option(DEFAULT_N, "--n", help="Number of held-out points to audit."),
     checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated checks to run (default: all)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Audit JSON (default: MODEL/audit.json for a run folder, else audit.json)."),
     fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit 1 when the verdict is 'masked' (same as --fail-on masked)."),
@@ -327,7 +328,7 @@ def audit_cmd(
                                            help="Refuse model and --data files that unpack or allocate more than this (zip bombs; default a quarter of RAM, at most 8)."),
     timeout_per_batch: float = typer.Option(DEFAULT_TIMEOUT_PER_BATCH, "--timeout-per-batch",
                                             help="Stop (exit 2) when one forward pass takes longer than this many seconds."),
-    square_queries: int = typer.Option(5000, "--square-queries", help="Square attack queries (AutoAttack default 5000)."),
+    square_queries: int = typer.Option(DEFAULT_SQUARE_QUERIES, "--square-queries", help="Square attack queries (AutoAttack standard's)."),
     autoattack_standard: bool = typer.Option(False, "--autoattack-standard/--no-autoattack-standard",
                                              help=AUTOATTACK_STANDARD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -359,8 +360,8 @@ def audit_cmd(
     _check_seed(seed)
     if n <= 0:
         raise MaskcheckError(f"--n must be a positive number of points; got {n}.")
-    if norm is not None and norm not in ("linf", "l2"):
-        raise MaskcheckError(f"--norm must be linf or l2; got {norm!r}.")
+    if norm is not None:
+        check_norm(norm)
     for flag, value in (("--max-file-gib", max_file_gib), ("--max-unpacked-gib", max_unpacked_gib),
                         ("--timeout-per-batch", timeout_per_batch)):
         if not 0 < value <= MAX_LIMIT_FLAG:

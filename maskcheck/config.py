@@ -12,16 +12,25 @@ import random
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from fractions import Fraction
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import numpy as np
-import torch
 
 from . import __version__
 from .errors import InputError
 
+if TYPE_CHECKING:  # torch loads when a device, seed or generator is asked for: the CLI imports this module cheaply
+    import torch
+
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
+
+
+def check_norm(norm: Any) -> str:
+    """The one validation of a norm name (CLI, API, audit config and stored configs all come through here)."""
+    if norm not in NORMS:
+        raise InputError(f"--norm must be {' or '.join(NORMS)}; got {norm!r}.")
+    return norm
 
 
 @dataclass(frozen=True)
@@ -33,11 +42,17 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         check_eps(self.eps)
-        if self.norm not in NORMS:
-            raise InputError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}.")
+        check_norm(self.norm)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The audit's defaults, each set here only: AuditConfig's fields, the CLI's flags, the API's keywords and the
+# sweep read them.
+DEFAULT_N = 1000  # audited points (AutoAttack's and RobustBench's usual evaluation subset)
+DEFAULT_SQUARE_QUERIES = 5000  # AutoAttack standard (autoattack.py: SquareAttack n_queries=5000)
+DEFAULT_APGD_ITERS = 100  # AutoAttack standard, 1 restart for APGD-CE (autoattack.py _set_version)
 
 
 def _positive_int(value: Any, flag: str, what: str) -> None:
@@ -56,12 +71,12 @@ class AuditConfig:
     """
 
     threat: ThreatModel
-    n: int = 1000
+    n: int = DEFAULT_N
     checks: tuple[str, ...] | None = None
     seed: int = 0
     eot: int | None = None
-    square_queries: int = 5000  # AutoAttack standard (autoattack.py: SquareAttack n_queries=5000)
-    apgd_iters: int = 100  # AutoAttack standard (autoattack.py _set_version)
+    square_queries: int = DEFAULT_SQUARE_QUERIES
+    apgd_iters: int = DEFAULT_APGD_ITERS
     batch_size: int = 500
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # add FAB-T beside Square for robust_acc["autoattack-standard"]; opt-in (issue 23): no check reads FAB-T, and it
@@ -171,6 +186,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     and worker planning all need an index, and an index-less `cuda` crashed the first of them
     (issue 13). `cuda:n` must exist.
     """
+    import torch
+
     if isinstance(spec, torch.device):
         spec = str(spec)
     spec = (spec or "auto").strip().lower()
@@ -194,6 +211,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> int:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -209,6 +228,8 @@ def derived_seed(seed: int, name: str) -> int:
 
 
 def generator_for(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(derived_seed(seed, name))
     return g
@@ -216,6 +237,8 @@ def generator_for(seed: int, name: str, device: torch.device | str = "cpu") -> t
 
 def provenance(device: torch.device | str, seed: int | None) -> dict[str, Any]:
     """Fields every JSON artefact carries."""
+    import torch
+
     return {
         "maskcheck_version": __version__,
         "torch_version": torch.__version__,

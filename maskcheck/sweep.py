@@ -38,11 +38,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from . import checkpoint
-from .config import format_temperature, provenance, resolve_device
+from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
 from .validate import read_sweep, validate_run
-from .auditing import DEFAULT_SQUARE_QUERIES
 from .methods import METHODS
 from .training import DATASET_DEFAULTS, LAST_CKPT, make_config, train_run
 
@@ -851,7 +850,7 @@ def _audit_task(task: _AuditTask, device: str) -> str:
 def audit_sweep(
     sweep_dir: str | Path,
     *,
-    n: int = 1000,
+    n: int = DEFAULT_N,
     seed: int = 0,
     square_queries: int = DEFAULT_SQUARE_QUERIES,
     device: str | torch.device = "cpu",

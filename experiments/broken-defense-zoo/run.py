@@ -31,7 +31,8 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from maskcheck import zoo  # noqa: E402
-from maskcheck.auditing import DEFAULT_SQUARE_QUERIES, run_audit  # noqa: E402
+from maskcheck.auditing import run_audit  # noqa: E402
+from maskcheck.config import DEFAULT_APGD_ITERS, DEFAULT_N, DEFAULT_SQUARE_QUERIES  # noqa: E402
 from maskcheck.data import load_dataset  # noqa: E402
 from maskcheck.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -43,7 +44,7 @@ def audit_settings(reduced: bool) -> dict[str, Any]:
     `--autoattack-standard` is opt-in since issue 23), or the calibration's reduced audit."""
     if reduced:
         return dict(CONFIG["reduced_audit"])
-    return dict(n=1000, square_queries=DEFAULT_SQUARE_QUERIES, apgd_iters=100, autoattack_standard=False)
+    return dict(n=DEFAULT_N, square_queries=DEFAULT_SQUARE_QUERIES, apgd_iters=DEFAULT_APGD_ITERS, autoattack_standard=False)
 
 
 def audited_points(result: Any, splits: Any, n: int) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:

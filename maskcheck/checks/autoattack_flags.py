@@ -71,7 +71,7 @@ class AutoAttackFlags(Check):
     alpha: float = 0.01
 
     name = "autoattack-flags"
-    order = 100  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 100
     mechanism = "randomness"
     remedy = "use EOT (--eot 20, AutoAttack version='rand') for randomness; pass logits, not probabilities"
 

@@ -36,7 +36,7 @@ class BinarizationTest(Check):
     alpha: float = 0.01
 
     name = "binarization-test"
-    order = 130  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 130
     mechanism = "attack failure (binarization test)"
     remedy = "the gradient attacks miss adversarial examples that exist: use BPDA, EOT, transfer or Square"
     needs_gradients = True

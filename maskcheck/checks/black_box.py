@@ -31,7 +31,7 @@ class BlackBoxGap(Check):
     alpha: float = 0.01
 
     name = "black-box-gap"
-    order = 20  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 20
     mechanism = "black-box beats white-box"
     remedy = "use an adaptive attack (BPDA for non-differentiable steps, EOT for randomness) or longer Square"
 

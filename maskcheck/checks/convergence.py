@@ -49,7 +49,7 @@ class AttackConvergence(Check):
     alpha: float = 0.01
 
     name = "attack-convergence"
-    order = 90  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 90
     mechanism = "attack not converged"
     remedy = "run more steps and restarts (APGD), and report the stronger result"
     needs_gradients = True

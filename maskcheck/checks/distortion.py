@@ -38,7 +38,7 @@ class DistortionSweep(Check):
     alpha: float = 0.01
 
     name = "distortion-sweep"
-    order = 60  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 60
     mechanism = "accuracy does not fall with eps"
     remedy = "use BPDA or a margin loss; the gradient attack is not working"
     needs_gradients = True

@@ -29,7 +29,7 @@ class GradientHealth(Check):
     fail_fraction: float = 0.01
 
     name = "gradient-health"
-    order = 70  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 70
     mechanism = "vanishing gradients"
     skips_one_class_models = True
     remedy = "use BPDA for non-differentiable steps, a margin loss for saturation, or Square"

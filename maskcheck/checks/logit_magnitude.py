@@ -32,7 +32,7 @@ class LogitMagnitude(Check):
     resolution_ratio: float = 1e-3
 
     name = "logit-magnitude"
-    order = 80  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 80
     mechanism = "saturated logits"
     remedy = "attack with a margin or DLR loss, or divide the logits by the training temperature"
 

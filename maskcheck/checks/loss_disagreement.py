@@ -54,7 +54,7 @@ class LossDisagreement(Check):
     scales: tuple[float, ...] = (10.0, 100.0, 1000.0)
 
     name = "loss-disagreement"
-    order = 30  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 30
     mechanism = "CE/margin disagreement not explained by logit scale"
     remedy = "attack with a margin or DLR loss (APGD-T), or divide the logits by the temperature"
     needs_gradients = True

@@ -23,7 +23,7 @@ class OneStepVsIterative(Check):
     alpha: float = 0.01
 
     name = "one-step-vs-iterative"
-    order = 10  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 10
     mechanism = "shattered gradients"
     remedy = "use BPDA for non-differentiable steps and more iterations/restarts"
     needs_gradients = True

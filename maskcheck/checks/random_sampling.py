@@ -43,7 +43,7 @@ class RandomSampling(Check):
             raise InputError(f"random-sampling: repeats must be a positive integer or None; got {self.repeats!r}.")
 
     name = "random-sampling"
-    order = 50  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 50
     mechanism = "gradients point the wrong way"
     remedy = "use BPDA for non-differentiable steps or EOT for randomness"
 

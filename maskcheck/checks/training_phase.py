@@ -119,7 +119,7 @@ class TrainingPhaseGap(Check):
     alpha: float = ALPHA
 
     name = "training-phase-gap"
-    order = 110  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 110
     mechanism = "masked gradients during training: the inner attack stopped finding adversarial examples"
     remedy = "lower the distillation temperature or check the inner attack (its loss, steps and step size)"
 

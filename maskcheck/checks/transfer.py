@@ -35,7 +35,7 @@ class TransferAttack(Check):
     alpha: float = 0.01
 
     name = "transfer-attack"
-    order = 120  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 120
     mechanism = "gradients useless (transfer beats white-box)"
     remedy = "quote the worst case including transfer/BPDA; attack with BPDA (--bpda) or an adaptive attack"
 

@@ -33,7 +33,7 @@ class UnboundedAttack(Check):
     fmn_steps: int = 100
 
     name = "unbounded-attack"
-    order = 40  # place in the battery: the order of the audit JSON's checks and of the report
+    order = 40
     mechanism = "vanishing gradients"
     skips_one_class_models = True
     remedy = "use BPDA for non-differentiable steps or a margin loss; check the attack follows the gradient"
