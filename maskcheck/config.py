@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import platform
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal, Mapping
@@ -115,6 +115,38 @@ class AuditConfig:
         if d.get("checks") is not None:
             d["checks"] = tuple(d["checks"])
         return cls(**d)
+
+    @classmethod
+    def from_audit_json(cls, audit: Mapping[str, Any]) -> "AuditConfig":
+        """The config a stored audit.json ran with: its `config` object over its `threat`; for audit.json written
+        before `config` existed, the fields that recorded it then (the seed of its provenance, the Square queries
+        of the black-box check's evidence, FAB-T, which every audit ran before issue 23). InputError if unreadable."""
+        stored = audit.get("config") if isinstance(audit.get("config"), Mapping) else {}
+        names = {f.name for f in fields(cls)} - {"threat"}
+        values = {k: v for k, v in stored.items() if k in names}
+        values.setdefault("seed", audit.get("seed"))
+        values.setdefault("n", audit.get("n"))
+        values.setdefault("autoattack_standard", True)
+        if "square_queries" not in values:
+            recorded = [(c.get("evidence") or {}).get("square_queries") for c in audit.get("checks") or [] if isinstance(c, Mapping)]
+            values["square_queries"] = next((q for q in recorded if q is not None), DEFAULT_SQUARE_QUERIES)
+        try:
+            return cls.from_dict({"threat": audit.get("threat") or {}, **values})
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"the audit's stored settings are unreadable ({exc}); audit again.") from None
+
+    def difference(self, stored: "AuditConfig", ignore: tuple[str, ...] = ()) -> str | None:
+        """Why an audit made with `stored` does not answer this config: the first setting that differs, as
+        'name stored -> asked' (None: the same audit). `ignore` names fields the caller compares itself."""
+        if stored.threat.norm != self.threat.norm:
+            return f"norm {stored.threat.norm} -> {self.threat.norm}"
+        if not math.isclose(stored.threat.eps, self.threat.eps, rel_tol=1e-9):
+            return f"eps {stored.threat.eps} -> {self.threat.eps}"
+        asked, had = self.to_dict(), stored.to_dict()
+        for key in asked:
+            if key not in ("threat", *ignore) and asked[key] != had[key]:
+                return f"{key.replace('_', ' ')} {had[key]} -> {asked[key]}"
+        return None
 
 
 EOT_AUTO_DRAWS = 20  # ours: AutoAttack's version='rand' uses EOT with 20 iterations (autoattack.py)

@@ -24,7 +24,6 @@ from the ones its audit.json records, not because a file is older.
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import sys
@@ -38,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from . import checkpoint
-from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, format_temperature, provenance, resolve_device
+from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, AuditConfig, ThreatModel, format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
 from .validate import read_sweep, validate_run
@@ -785,28 +784,19 @@ def audit_settings_differ(audit: dict[str, Any], threat: dict[str, Any], n: int,
                           heldout_size: Callable[[], int], autoattack_standard: bool = False) -> str | None:
     """Why a stored audit.json does not answer the audit asked for (None: it does).
 
-    Read from the JSON's `threat`, `n`, `provenance.seed`, the Square queries the black-box check
-    recorded and, when present, its `config` object (issue 15's AuditConfig). `n` may be capped
+    The stored config (`AuditConfig.from_audit_json`) answers for every setting but `n`, which may be capped
     by the held-out split: a stored n below the one asked for is current only when it is the
     whole split (`heldout_size`, called only then, since it loads the data set).
     """
-    stored_threat = audit.get("threat") or {}
-    if stored_threat.get("norm") != threat.get("norm"):
-        return f"norm {stored_threat.get('norm')} -> {threat.get('norm')}"
-    if not math.isclose(float(stored_threat.get("eps", -1)), float(threat["eps"]), rel_tol=1e-9):
-        return f"eps {stored_threat.get('eps')} -> {threat['eps']}"
+    asked = AuditConfig(ThreatModel(float(threat["eps"]), threat.get("norm", "linf")), n=n, seed=seed,
+                        square_queries=square_queries, autoattack_standard=autoattack_standard)
+    try:
+        why = asked.difference(AuditConfig.from_audit_json(audit), ignore=("n",))  # n: capped by the split, below
+    except InputError as exc:
+        return str(exc)
+    if why is not None:
+        return why
     config = audit.get("config") if isinstance(audit.get("config"), dict) else {}
-    stored_seed = config.get("seed", (audit.get("provenance") or {}).get("seed", audit.get("seed")))
-    if stored_seed != seed:
-        return f"seed {stored_seed} -> {seed}"
-    queries = config.get("square_queries")
-    if queries is None:  # older audit.json: the black-box check's evidence records its queries
-        queries = next((c.get("evidence", {}).get("square_queries") for c in audit.get("checks", [])
-                        if isinstance(c, dict) and "square_queries" in (c.get("evidence") or {})), None)
-    if queries is not None and queries != square_queries:
-        return f"square queries {queries} -> {square_queries}"
-    if config.get("autoattack_standard", True) != autoattack_standard:
-        return f"autoattack standard {config.get('autoattack_standard', True)} -> {autoattack_standard}"
     stored_n = audit.get("n")
     whole_split = isinstance(stored_n, int) and min(n, config.get("n") or n) >= stored_n == heldout_size()
     if config.get("n") is not None and config["n"] != n and not whole_split:  # both asks capped to the same split: same audit

@@ -176,3 +176,24 @@ def test_device_parser_never_crashes(spec: str) -> None:
 def test_derived_seed_is_stable_and_separates_names() -> None:
     assert derived_seed(0, "pgd") == derived_seed(0, "pgd")
     assert len({derived_seed(0, "pgd"), derived_seed(1, "pgd"), derived_seed(0, "square")}) == 3
+
+
+def test_a_stored_audit_config_answers_whether_it_is_the_same_audit() -> None:
+    """Issue 25: audit.json's config, read back into AuditConfig, compares itself (no field-by-field code)."""
+    from maskcheck.config import AuditConfig, ThreatModel
+
+    asked = AuditConfig(ThreatModel(0.2), n=359, square_queries=1000)
+    stored = {"threat": {"eps": 0.2, "norm": "linf"}, "n": 359, "seed": 0, "config": asked.to_dict(), "checks": []}
+    assert asked.difference(AuditConfig.from_audit_json(stored)) is None
+    partial = {**stored, "config": {**asked.to_dict(), "checks": ["gradient-health"], "eot": 20}}
+    assert asked.difference(AuditConfig.from_audit_json(partial)) == "checks ['gradient-health'] -> None"
+    assert AuditConfig(ThreatModel(0.2), n=359, square_queries=1000, checks=("gradient-health",)).difference(
+        AuditConfig.from_audit_json(partial)) == "eot 20 -> None"
+    assert asked.difference(AuditConfig.from_audit_json({**stored, "threat": {"eps": 0.3, "norm": "linf"}})) == "eps 0.3 -> 0.2"
+    # audit.json before `config`: the seed of its provenance, Square's queries from the black-box evidence, FAB-T on
+    old = {"threat": {"eps": 0.2, "norm": "linf"}, "n": 359, "seed": 3,
+           "checks": [{"check": "black-box-gap", "evidence": {"square_queries": 1000}}]}
+    recovered = AuditConfig.from_audit_json(old)
+    assert (recovered.seed, recovered.square_queries, recovered.autoattack_standard) == (3, 1000, True)
+    with pytest.raises(InputError, match="unreadable"):
+        AuditConfig.from_audit_json({**stored, "config": {**asked.to_dict(), "n": "many"}})
