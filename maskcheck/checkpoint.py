@@ -37,12 +37,11 @@ from .guard import (
     DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, TRUST_FLAG, GuardedModel, check_tensors, inspect_pt2,
     is_pt2, is_torchscript, is_zip, read_model_bytes, read_zip, rebuild_zip, unsafe_globals,
 )
-from .validate import validate_run
+from .validate import RUN_SCHEMA_VERSION, validate_run
 from .models import build_model, load_state_dict_compat
 
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"
-RUN_SCHEMA_VERSION = 1
 
 
 @dataclass

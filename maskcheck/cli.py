@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from . import __version__
-from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, check_norm
+from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, DEFAULT_SWEEP_METHODS, DEFAULT_SWEEP_TEMPS, check_norm
 from .errors import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, MaskcheckError
 from .limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UNPACKED_BYTES, DEFAULT_TIMEOUT_PER_BATCH, GIB
 from .validate import check_out_folder, check_out_path
@@ -134,8 +134,8 @@ def train_cmd(
 
 @app.command("train-sweep")
 def train_sweep_cmd(
-    temps: str = typer.Option("1,2,5,10,15,20", "--temps", help="Comma-separated positive temperatures, or 'paper' (1,2,3,5,8,10,12,15,20: LTD Table IV)."),
-    methods: str = typer.Option("dd,trades,ltd", "--methods", help="Comma-separated training methods besides the natural teacher (the table in docs/cli.md; an unknown name lists them)."),
+    temps: str = typer.Option(",".join(f"{t:g}" for t in DEFAULT_SWEEP_TEMPS), "--temps", help="Comma-separated positive temperatures, or 'paper' (1,2,3,5,8,10,12,15,20: LTD Table IV)."),
+    methods: str = typer.Option(",".join(DEFAULT_SWEEP_METHODS), "--methods", help="Comma-separated training methods besides the natural teacher (the table in docs/cli.md; an unknown name lists them)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Train every job per seed, e.g. 0,1,2 (runs/s<seed>/<name>, names <name>-s<seed>; one natural teacher per seed). Overrides --seed."),
     arms: Optional[str] = typer.Option(None, "--arms", help="Reference/ablation arms, each its own report row: trades-beta1, trades-innerce, ltd-innerkl (every T) or ltd-T5-innerkl."),
     teacher_acc: Optional[float] = typer.Option(None, "--teacher-acc", help="Train the natural teacher until its training accuracy reaches this (e.g. 0.995)."),

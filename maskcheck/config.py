@@ -173,6 +173,9 @@ def parse_eps(text: str | float) -> float:
 # The LTD paper's Table IV grid (Chen & Lee, arXiv 2111.02331, Sec. 5.2; T = 50 left out, as the
 # paper did: "its natural accuracy is 86.63% which is too low to accept"). `--temps paper`.
 PAPER_TEMPS: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 12.0, 15.0, 20.0)
+# `train-sweep`'s defaults (the README's main job): the temperatures of the issue's sweep and the methods it compares.
+DEFAULT_SWEEP_TEMPS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0)
+DEFAULT_SWEEP_METHODS = ("dd", "trades", "ltd")
 
 
 def parse_temps(text: str) -> list[float]:

@@ -55,10 +55,6 @@ class DatasetInfo:
 
 
 
-def dataset_names() -> list[str]:
-    return list(DATASETS)
-
-
 def get_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]

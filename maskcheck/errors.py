@@ -9,8 +9,7 @@ Messages say what was expected, what was got, and what to do.
 
 from __future__ import annotations
 
-# Exit codes, documented in docs/failure-modes.md.
-EXIT_OK = 0  # no check flagged (or no regression)
+# Exit codes, documented in docs/failure-modes.md (0: success, a command that returns normally).
 EXIT_FLAGGED = 1  # masking flagged (with --fail-on-flag) or a regression against a baseline
 EXIT_USAGE = 2  # usage or input error, a refused file, a limit hit
 EXIT_INTERNAL = 3  # an unexpected exception: a bug in maskcheck (traceback in a log file)

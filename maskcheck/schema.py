@@ -109,7 +109,7 @@ def audit_schema() -> dict[str, Any]:
 def run_schema() -> dict[str, Any]:
     from pydantic import TypeAdapter
 
-    from .checkpoint import RUN_SCHEMA_VERSION
+    from .validate import RUN_SCHEMA_VERSION
 
     schema = TypeAdapter(RunRecord).json_schema()
     props = schema["properties"]

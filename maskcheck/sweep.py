@@ -37,22 +37,20 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from . import checkpoint
-from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, AuditConfig, ThreatModel, format_temperature, provenance, resolve_device
+from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, DEFAULT_SWEEP_METHODS, AuditConfig, ThreatModel, format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
-from .validate import read_sweep, validate_run
+from .validate import SWEEP_SCHEMA_VERSION, read_sweep, validate_run
 from .methods import METHODS
 from .training import DATASET_DEFAULTS, LAST_CKPT, make_config, train_run
 
 SWEEP_FILE = "sweep.json"
-SWEEP_SCHEMA_VERSION = 1
 
 
 def sweep_methods() -> tuple[str, ...]:
     """Every registered method but the natural one, which every sweep trains first (the teacher of LTD)."""
     return tuple(name for name in METHODS if name != "natural")
 
-DEFAULT_METHODS = ("dd", "trades", "ltd")
 
 
 @dataclass(frozen=True)
@@ -130,7 +128,7 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def plan_jobs(temps: Iterable[float], methods: Iterable[str] = DEFAULT_METHODS, *, seeds: Iterable[int] | None = None,
+def plan_jobs(temps: Iterable[float], methods: Iterable[str] = DEFAULT_SWEEP_METHODS, *, seeds: Iterable[int] | None = None,
               arms: Iterable[Arm] = (), teacher: Mapping[str, Any] | None = None) -> list[Job]:
     """The sweep's jobs in an order where every teacher comes before its students.
 
@@ -483,7 +481,7 @@ def run_sweep(
     out: str | Path,
     *,
     temps: list[float],
-    methods: Iterable[str] = DEFAULT_METHODS,
+    methods: Iterable[str] = DEFAULT_SWEEP_METHODS,
     dataset: str = "digits",
     seed: int = 0,
     device: str = "auto",

@@ -17,6 +17,11 @@ from typing import Any
 
 from .errors import InputError
 
+# The schema versions of run.json and sweep.json (audit.json's is results.SCHEMA_VERSION), here because this
+# torch-free module reads them: checkpoint.py, sweep.py and the report import them from here.
+RUN_SCHEMA_VERSION = 1
+SWEEP_SCHEMA_VERSION = 1
+
 
 # -------------------------------------------------------------------------- JSON validation
 

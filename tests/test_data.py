@@ -172,7 +172,7 @@ def test_default_data_dir_comes_from_the_environment(tmp_path: Path, monkeypatch
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(InputError) as err:
         data.load_dataset("imagenet")
-    for name in data.dataset_names():
+    for name in data.DATASETS:
         assert name in str(err.value)
 
 

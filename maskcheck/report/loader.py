@@ -17,13 +17,8 @@ import pandas as pd
 
 from ..errors import InputError
 from ..fileio import read_json
-from ..results import ATTACK_SENSITIVE, INCONCLUSIVE, AuditResult
-from ..validate import validate_audit, validate_run, validate_sweep
-
-# Same numbers as sweep.SWEEP_SCHEMA_VERSION and checkpoint.RUN_SCHEMA_VERSION, not imported
-# from there because those modules load torch and the report must not need it.
-SWEEP_SCHEMA_VERSION = 1
-RUN_SCHEMA_VERSION = 1
+from ..results import ATTACK_SENSITIVE, INCONCLUSIVE, MASKED, NO_MASKING, AuditResult
+from ..validate import RUN_SCHEMA_VERSION, SWEEP_SCHEMA_VERSION, validate_audit, validate_run, validate_sweep
 
 # Columns of the matrix table, in order; the CSV and Markdown files use the same ones.
 ACC_COLUMNS = ("clean_acc", "pgd-ce", "white-box", "square", "worst-case")
@@ -31,7 +26,7 @@ COLUMNS = ("method", "temperature", "name", *ACC_COLUMNS, "verdict", "flagged_ch
 
 # Cell status shown in the matrix: the audit's grade (results.Verdict) or why there is none; the CSS
 # colours them (templates/report.html.j2).
-MASKED, SENSITIVE, NO_MASKING = "masked", "attack-sensitive", "no masking detected"
+SENSITIVE = ATTACK_SENSITIVE
 INCONCLUSIVE_STATUS = INCONCLUSIVE  # a degenerate (collapsed) model: the audit makes no claim
 NOT_AUDITED, NOT_TRAINED = "not audited", "not trained"
 
