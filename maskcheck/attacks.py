@@ -286,6 +286,9 @@ class AttackEnv:
     square_queries: int
     device: torch.device
     context: Any = None  # the AuditContext (adaptive attacks cache their surrogate on it); None in direct calls
+    # draws the result is scored with afterwards (a majority vote when > 1): the audit's EOT even for a spec that
+    # attacks with fewer draws (the single-draw follow-up); None = `eot`
+    scored_draws: int | None = None
 
 
 AdapterFn = Callable[[AttackSpec, nn.Module, torch.Tensor, torch.Tensor, AttackEnv, torch.Generator], AttackResult]
@@ -355,7 +358,7 @@ def _scored(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> AttackRes
 
 @adapter("pgd")
 def _pgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: AttackEnv, gen: torch.Generator) -> AttackResult:
-    """PGD that drops a point once broken, except on a randomised model (env.eot > 1).
+    """PGD that drops a point once broken, except on a randomised model (scored by a majority over draws).
 
     There the point is scored afterwards by a majority over fresh draws: a point dropped at the first
     step where the EOT-averaged logits misclassify it sits on the decision boundary, where that vote
@@ -364,7 +367,7 @@ def _pgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
     (keeping the highest-loss misclassified point), as EOT attacks do (Athalye et al. 2018).
     """
     return pgd(model, x, y, eps=spec.eps or env.eps, norm=env.norm, steps=spec.steps, loss=spec.loss, restarts=spec.restarts,
-               generator=gen, record=spec.record, stop_when_broken=env.eot == 1)
+               generator=gen, record=spec.record, stop_when_broken=(env.scored_draws or env.eot) == 1)
 
 
 @adapter("fgsm", cost=lambda s: 1.0)

@@ -214,8 +214,9 @@ class AuditRunner:
 
     # ------------------------------------------------------------------ attack outcomes
     def env(self, draws: int) -> AttackEnv:
+        """The attack's environment: `draws` per gradient; its result is scored by max(draws, the audit's EOT) draws."""
         return AttackEnv(self.eps, self.norm, self.num_classes, self.seed, draws, self.square_queries, self.device,
-                         context=self.context)
+                         context=self.context, scored_draws=max(draws, self.eot))
 
     def prior(self, after: Sequence[AttackSpec]) -> torch.Tensor:
         """Points still correct after every run in `after` (clean-correct points when empty)."""

@@ -3,15 +3,16 @@
 A masking check is only trusted if it flags these and leaves the honest model alone (the
 "tiny masked fixtures" of ../shared/reference/diagnostics.md, section (d)). Each wrapper
 reproduces one mechanism of Athalye et al. (2018) or defensive distillation, keeps the
-wrapped model's predictions (except `noisy`, by design) and is TorchScript-able, so the CI
-regression stage can hand it to `maskcheck audit` as a foreign model file.
+wrapped model's predictions (except the randomised ones, by design) and is TorchScript-able, so
+the CI regression stage can hand it to `maskcheck audit` as a foreign model file.
 
 | name      | mechanism                     | how                                             |
 | --------- | ----------------------------- | ----------------------------------------------- |
 | scaled    | saturated logits              | logits x 1e4 (advertorch#63; C&W on distillation) |
 | offset    | logit offset (float32 resolution) | 1e6 added to every logit: margins lost to rounding (advertorch#63) |
 | quantised | vanishing gradients (rounding) | input rounded to a few grey levels (BPDA case)  |
-| noisy     | randomness                    | Gaussian noise on the input at inference (EOT case) |
+| random-gradients | randomness              | per-draw random-sign gradient term, value 0: one draw misleads, EOT cancels it (EOT case) |
+| noisy     | - (randomised, not masking)   | Gaussian noise on the input at inference: single-draw PGD breaks what EOT breaks, so it is not in `EXPECTED`; audited with `--eot 1` it is masked (no EOT, no figure to vouch for) |
 | zero-grad | vanishing gradients           | a layer whose backward is exactly zero (auto-attack#43) |
 | detached  | gradients unavailable         | the input is detached before the network        |
 """
@@ -68,6 +69,26 @@ class NoisyInput(nn.Module):
         return self.model((x + self.sigma * torch.randn_like(x)).clamp(0.0, 1.0))
 
 
+class RandomGradientTrap(nn.Module):
+    """A randomised defense whose randomness misleads single-draw gradients: each forward pass adds tiny logit
+    noise and a term whose value is 0 but whose input gradient is +-`scale` on the first logit, with a random
+    sign per draw. One draw's gradient points nowhere; the EOT average cancels the term (the EOT case of
+    Athalye et al. 2018, reduced to its signature). Same predictions as the wrapped model."""
+
+    def __init__(self, model: nn.Module, scale: float = 50.0) -> None:
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        sign = (torch.rand(x.shape[0], 1, device=x.device) < 0.5).to(logits.dtype) * 2 - 1
+        trap = self.scale * sign * (x - x.detach()).flatten(1).sum(1, keepdim=True)  # 0 forward, +-scale backward
+        first = torch.zeros_like(logits)
+        first[:, 0] = 1.0
+        return logits + 1e-3 * torch.randn_like(logits) + trap * first
+
+
 class ZeroGradient(nn.Module):
     """Forward is the identity on x; backward is exactly zero (x.detach() + 0 * x)."""
 
@@ -95,17 +116,20 @@ CONTROLS: dict[str, type[nn.Module]] = {
     "offset": OffsetLogits,
     "quantised": QuantisedInput,
     "noisy": NoisyInput,
+    "random-gradients": RandomGradientTrap,
     "zero-grad": ZeroGradient,
     "detached": DetachedInput,
 }
 
 # The check that must flag each control, and the mechanism it must name. Rounding shows up as
 # exactly-zero input gradients (gradient-health), the same signature as the zero-gradient layer.
+# `noisy` is not here: Gaussian input noise does not mislead a single-draw attack that keeps pushing (measured
+# 2026-12-07: single-draw and EOT PGD-CE both leave 0% on digits), so it is a randomised model, not a masked one.
 EXPECTED: dict[str, tuple[str, str]] = {
     "scaled": ("logit-magnitude", "saturated logits"),
     "offset": ("logit-magnitude", "logit offset (float32 resolution)"),
     "quantised": ("gradient-health", "vanishing gradients"),
-    "noisy": ("autoattack-flags", "randomness"),
+    "random-gradients": ("autoattack-flags", "randomness"),
     "zero-grad": ("gradient-health", "vanishing gradients"),
     "detached": ("gradient-health", "gradients unavailable"),
 }

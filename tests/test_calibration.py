@@ -77,13 +77,15 @@ SOUND = {
     "natural-logits-x0.01": lambda s: Rescaled(trained("natural", s), 0.01).eval(),
     "mnist-trades": lambda s: trained("trades", s, dataset="mnist"),
     "mnist-pgd-at": lambda s: trained("pgd-at", s, dataset="mnist"),
+    # randomised but not masking: Gaussian input noise, attacked with EOT; single-draw PGD breaks what EOT breaks
+    "natural + noise (EOT)": lambda s: make_control("noisy", trained("natural", s)),
 }
 MASKED = {  # name -> (model, mechanism, audit settings)
     "dd-T100": (lambda s: trained("dd", s, 100.0), ("saturated logits", "saturated softmax"), {}),
     "logits-x1000": (lambda s: Rescaled(trained("natural", s), 1000.0).eval(), ("saturated logits",), {}),
     "offset-1e6": (lambda s: OffsetLogits(trained("natural", s)).eval(), ("logit offset (float32 resolution)",), {}),
     "quantised": (lambda s: make_control("quantised", trained("natural", s)), ("vanishing gradients",), {}),
-    "noisy (auto EOT)": (lambda s: make_control("noisy", trained("natural", s)), ("randomness",), {}),
+    "random gradients (auto EOT)": (lambda s: make_control("random-gradients", trained("natural", s)), ("randomness",), {}),
     "noisy (no EOT)": (lambda s: make_control("noisy", trained("natural", s)), ("randomness",), {"eot": 1}),
     "detached": (lambda s: make_control("detached", trained("natural", s)), ("gradients unavailable",), {}),
 }

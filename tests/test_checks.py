@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from controls import MASKED, digits, honest_cnn
+from maskcheck.controls import CONTROLS
 from maskcheck.auditing import run_audit
 from maskcheck.checks import REGISTRY, make_check
 from maskcheck.checks.base import extra_breaks
@@ -212,7 +213,7 @@ def test_an_unbounded_attack_breaks_a_noisy_model(seed: int) -> None:
     """A randomised model (Gaussian input noise, scored by majority over EOT draws) is breakable
     with the whole input box: unbounded-attack must not call it masked. PGD used to drop a point at
     its first misclassification, on the decision boundary, where the majority vote is a coin flip."""
-    noisy = MASKED["noisy"][0](honest_cnn())
+    noisy = CONTROLS["noisy"](honest_cnn())
     result = run_audit(noisy, digits(), eps=0.3, checks=["unbounded-attack"], **{**FAST, "n": 60, "seed": seed})
     check = result.check("unbounded-attack")
     assert "EOT over 20 draws" in result.verdict.text and not check.flagged, check.summary

@@ -8,7 +8,7 @@ from pathlib import Path
 from controls import digits, honest_cnn
 
 from maskcheck.auditing import run_audit
-from maskcheck.controls import CONTROLS
+from maskcheck.controls import CONTROLS, EXPECTED
 from maskcheck.regress import compare, format_diff, load_baseline, write_baseline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,11 +37,12 @@ def test_broken_threshold_fails_the_regression_and_restoring_it_passes(tmp_path:
 
 
 def test_committed_baseline_agrees_with_the_science() -> None:
-    """dd at T=100 and every masked control flagged; natural, trades and ltd at T=5 not."""
+    """dd at T=100 and every masked control flagged; natural, trades, ltd at T=5 and the randomised-but-not-masking
+    Gaussian-noise control not."""
     models = json.loads(BASELINE.read_text())["models"]
     flagged = {name: m["verdict_flagged"] for name, m in models.items()}
     assert flagged["dd-T100"] and flagged["dd-T20"]
     assert not flagged["natural"] and not flagged["trades"] and not flagged["ltd-T5"]
     for control in CONTROLS:
-        assert flagged[f"control-{control}"], control
+        assert flagged[f"control-{control}"] is (control in EXPECTED), control
 

@@ -43,11 +43,11 @@ class AutoAttackFlags(Check):
     L2-normalised outputs > 1e-4 (the audit's randomness probe, which also switches EOT on);
     softmax when max < 1+1e-5, min > -1e-5 and rows sum to 1 within 1e-5; dynamic when
     `settrace` sees grad/backward calls. They are recomputed here because pyautoattack's
-    functions only log and return nothing. A randomised model stays flagged after EOT: its
-    robustness is a property of the random draw, which only an EOT evaluation may report.
+    functions only log and return nothing.
     Randomness at inference is graded by what it does to the attack (Athalye et al. 2018: it
     obfuscates gradients when EOT succeeds where a single-draw attack fails): PGD-CE with one
-    draw per gradient (same seed, scored by the same majority vote) against PGD-CE with EOT;
+    draw per gradient (same seed, scored by the same majority vote, and like every PGD on a
+    randomised model pushing past its first break) against PGD-CE with EOT;
     FAIL when EOT breaks significantly more points (exact binomial, `eot_null_rate`,
     `eot_min_gap`, `alpha`, ours) or when the audit ran without EOT (`--eot 1`), else OK with the
     randomness recorded in the evidence and the verdict's notes (the quoted figure is EOT's).
