@@ -308,12 +308,12 @@ def _bpda(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     if mode[0] == "surrogate":
         wrapped = StraightThrough(model, surrogate_for(ctx, model, x, env))
         r = attacks.pgd(wrapped, x, y, eps=eps, norm=env.norm, steps=spec.steps, loss="margin", generator=gen,
-                        stop_when_broken=(env.scored_draws or env.eot) == 1)
+                        stop_when_broken=env.single_draw_scoring)
         return attacks._scored(model, r.x_adv, y)
     root = ctx.model if ctx is not None else model
     with identity_backward(root, mode[1]):
         r = attacks.pgd(model, x, y, eps=eps, norm=env.norm, steps=spec.steps, loss="margin", generator=gen,
-                        stop_when_broken=(env.scored_draws or env.eot) == 1)
+                        stop_when_broken=env.single_draw_scoring)
     return attacks._scored(model, r.x_adv, y)
 
 

@@ -290,6 +290,12 @@ class AttackEnv:
     # attacks with fewer draws (the single-draw follow-up); None = `eot`
     scored_draws: int | None = None
 
+    @property
+    def single_draw_scoring(self) -> bool:
+        """The result is judged by one forward pass, so an attack may drop a point once it is broken. Under a
+        majority vote it must not: its first break may be a lucky draw on the decision boundary (see `_pgd`)."""
+        return (self.scored_draws or self.eot) == 1
+
 
 AdapterFn = Callable[[AttackSpec, nn.Module, torch.Tensor, torch.Tensor, AttackEnv, torch.Generator], AttackResult]
 
@@ -367,7 +373,7 @@ def _pgd(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
     (keeping the highest-loss misclassified point), as EOT attacks do (Athalye et al. 2018).
     """
     return pgd(model, x, y, eps=spec.eps or env.eps, norm=env.norm, steps=spec.steps, loss=spec.loss, restarts=spec.restarts,
-               generator=gen, record=spec.record, stop_when_broken=(env.scored_draws or env.eot) == 1)
+               generator=gen, record=spec.record, stop_when_broken=env.single_draw_scoring)
 
 
 @adapter("fgsm", cost=lambda s: 1.0)

@@ -36,8 +36,8 @@ from .adaptive import validate_bpda
 from .attacks import AttackEnv, AttackSpec, Battery
 from .checkpoint import LoadedModel
 from .checks import REGISTRY, make_check
-from .config import (DEFAULT_APGD_ITERS, DEFAULT_N, DEFAULT_SQUARE_QUERIES, EOT_AUTO_DRAWS, AuditConfig, ThreatModel, derived_seed, generator_for, parse_name_list, provenance,
-                     resolve_device, seed_everything)
+from .config import (DEFAULT_APGD_ITERS, DEFAULT_N, DEFAULT_SQUARE_QUERIES, EOT_AUTO_DRAWS, AuditConfig, ThreatModel,
+                     derived_seed, generator_for, parse_name_list, provenance, resolve_device, seed_everything)
 from .data import Splits
 from .errors import InputError
 from .results import AuditResult, CheckResult, Verdict
@@ -243,7 +243,8 @@ class AuditRunner:
             # a rescaled or restricted rerun draws from the same seed as the run it repeats
             # (and an EOT rerun with more draws from the same seed: a paired comparison)
             gen = self.gen(spec_name(replace(spec, logit_scale=1.0, points=None, eot=None)))
-            env, model = self.env(draws), self.model if adapter.own_eot else self.attack_model(draws)
+            env = self.env(draws)
+            model = self.model if adapter.own_eot else self.attack_model(draws)
             bs = max(1, self.batch_size * self.eot // draws)  # more draws, smaller batches: the same memory
             with self.timed(name), self.bar(name, len(idx)) as bar:
                 for i in range(0, len(idx), bs):
@@ -252,7 +253,7 @@ class AuditRunner:
                     r = attacks.run_spec(spec, model, xb, yb, env, gen)
                     # scored by at least the audit's draws: a single-draw attack on a randomised model is
                     # still judged by the majority vote every other attack is judged by
-                    c = self.score(r.x_adv, yb, max(draws, self.eot)) if adapter.rescored else r.correct
+                    c = self.score(r.x_adv, yb, env.scored_draws) if adapter.rescored else r.correct
                     correct[b] = c.bool().cpu()
                     if r.loss_history is not None:
                         histories.append(r.loss_history.cpu())

@@ -173,7 +173,7 @@ def train_sweep_cmd(
 ) -> None:
     """Train natural, dd, trades and ltd over a temperature sweep, audit them and render the report; rerun to resume."""
     from .config import parse_name_list, parse_temps
-    from .sweep import hold_sweep_lock, sweep_methods, parse_arms, parse_seeds, run_sweep
+    from .sweep import hold_sweep_lock, parse_arms, parse_seeds, run_sweep, sweep_methods
     from .training import PRESETS
 
     _check_seed(seed)

@@ -52,7 +52,6 @@ def sweep_methods() -> tuple[str, ...]:
     return tuple(name for name in METHODS if name != "natural")
 
 
-
 @dataclass(frozen=True)
 class Job:
     """One run of the sweep. `teacher` and `depends_on` name other jobs of the same sweep.
@@ -138,9 +137,10 @@ def plan_jobs(temps: Iterable[float], methods: Iterable[str] = DEFAULT_SWEEP_MET
     overrides of the natural job, e.g. {"stop_train_acc": 0.995, "epochs": 40} (converged teacher).
     """
     temps, methods, arms = list(temps), list(methods), list(arms)
-    unknown = [m for m in methods if m not in sweep_methods()]
+    valid = sweep_methods()
+    unknown = [m for m in methods if m not in valid]
     if unknown:
-        raise InputError(f"unknown sweep method(s) {', '.join(unknown)}; valid: {', '.join(sweep_methods())}.")
+        raise InputError(f"unknown sweep method(s) {', '.join(unknown)}; valid: {', '.join(valid)}.")
     base = plan_base(temps, methods, arms, teacher)
     if seeds is None:
         return base
@@ -161,9 +161,11 @@ def plan_base(temps: list[float], methods: list[str], arms: list[Arm], teacher: 
         natural = replace(natural, overrides=tuple(sorted(teacher.items())))
     jobs = [natural]
     wanted = set(methods)
-    for name in methods:  # a method whose teacher is another sweep method (rslad <- trades) brings it along
-        while (name := METHODS[name].sweep_teacher) in METHODS and name != "natural":
-            wanted.add(name)
+    for method in methods:  # a method taught by another sweep method (rslad <- trades) brings that one along
+        teacher_method = METHODS[method].sweep_teacher
+        while teacher_method in METHODS and teacher_method != "natural":  # natural is always planned
+            wanted.add(teacher_method)
+            teacher_method = METHODS[teacher_method].sweep_teacher
     for name in sweep_methods():  # registry order: a teacher's jobs come before its students'
         if name in wanted:
             jobs += [_job(job, name, t, teacher=by) for job, t, by in METHODS[name].sweep_jobs(temps)]
@@ -817,6 +819,7 @@ class _AuditTask:
     progress: bool
     label: str | None = None  # the model path audit.json records: the run folder relative to the sweep
     autoattack_standard: bool = False  # also run FAB-T for the AutoAttack-standard figure (no check needs it)
+    method: str | None = None  # the job's training method (sweep.json), for the ETA's audit weight
 
 
 def _audit_task(task: _AuditTask, device: str) -> str:
@@ -877,14 +880,7 @@ def audit_sweep(
 
 def _audit_weight(task: _AuditTask) -> float:
     """A model's expected audit cost relative to a natural one, for the ETA (AUDIT_WEIGHT_ADVERSARIAL)."""
-    method = method_of(task.name)
-    return AUDIT_WEIGHT_ADVERSARIAL if method is not None and METHODS[method].adversarial else 1.0
-
-
-def method_of(job_name: str) -> str | None:
-    """The registered method a sweep job's name starts with (`ltd-T5-s1` -> ltd, `pgd-at` -> pgd-at)."""
-    hits = [m for m in METHODS if job_name == m or job_name.startswith(m + "-")]
-    return max(hits, key=len) if hits else None
+    return AUDIT_WEIGHT_ADVERSARIAL if task.method in METHODS and METHODS[task.method].adversarial else 1.0
 
 
 def plan_audits(
@@ -918,6 +914,11 @@ def plan_audits(
             sizes[dataset] = len(load_dataset(dataset, data_dir).heldout)
         return sizes[dataset]
 
+    def task_for(job: Mapping[str, Any]) -> _AuditTask:
+        return _AuditTask(job["name"], str(sweep_dir / job["run_dir"]), n, seed, square_queries,
+                          str(data_dir) if data_dir else None, progress, label=job["run_dir"],
+                          autoattack_standard=autoattack_standard, method=job.get("method"))
+
     todo, done = [], []
     for job in manifest.get("jobs", []):
         run_dir = sweep_dir / job["run_dir"]
@@ -926,8 +927,7 @@ def plan_audits(
             continue
         if not is_complete_run(run_dir):
             if include_untrained:
-                todo.append(_AuditTask(job["name"], str(run_dir), n, seed, square_queries, str(data_dir) if data_dir else None,
-                                       progress, label=job["run_dir"], autoattack_standard=autoattack_standard))
+                todo.append(task_for(job))
             else:
                 log(f"audit: {job['name']} is not trained yet; skipped")
             continue
@@ -945,6 +945,5 @@ def plan_audits(
                 done.append(out)
                 continue
             log(f"audit: {job['name']}: settings changed ({why}); auditing again")
-        todo.append(_AuditTask(job["name"], str(run_dir), n, seed, square_queries, str(data_dir) if data_dir else None, progress,
-                               label=job["run_dir"], autoattack_standard=autoattack_standard))
+        todo.append(task_for(job))
     return todo, done

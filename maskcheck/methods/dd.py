@@ -30,6 +30,7 @@ class DefensiveDistillation(Method):
     name: ClassVar[str] = "dd"
     has_temperature: ClassVar[bool] = True
     takes_soft_labels: ClassVar[bool] = True
+    temperature: float = 100.0  # C&W default train_temp=100
 
     @classmethod
     def sweep_jobs(cls, temps: Sequence[float]) -> list[tuple[str, float | None, str | None]]:
@@ -39,7 +40,6 @@ class DefensiveDistillation(Method):
             tag = format_temperature(t)
             jobs += [(f"dd-teacher-T{tag}", t, None), (f"dd-T{tag}", t, f"dd-teacher-T{tag}")]
         return jobs
-    temperature: float = 100.0  # C&W default train_temp=100
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> Batch:
         if ctx.teacher is None:
