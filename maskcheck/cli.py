@@ -173,7 +173,7 @@ def train_sweep_cmd(
 ) -> None:
     """Train natural, dd, trades and ltd over a temperature sweep, audit them and render the report; rerun to resume."""
     from .config import parse_name_list, parse_temps
-    from .sweep import hold_sweep_lock, parse_arms, parse_seeds, run_sweep, sweep_methods
+    from .sweep import SweepConfig, hold_sweep_lock, parse_arms, parse_seeds, run_sweep, sweep_methods
     from .training import PRESETS
 
     _check_seed(seed)
@@ -196,14 +196,15 @@ def train_sweep_cmd(
     check_out_folder(sweep_dir, "--out")
     if report_out is not None:
         check_out_path(report_out, "--report-out")
+    sweep = SweepConfig.build(temps=temp_list, methods=method_list, dataset=dataset, seed=seed, settings=settings,
+                              seeds=seed_list, arms=arm_list, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs,
+                              select=select_temperature)
     hold_sweep_lock(sweep_dir)  # for training, audits and report; released when this process exits
     if slurm_cfg is not None:
         from .launch import slurm_sweep
 
-        sweep_args = dict(temps=temp_list, methods=method_list, dataset=dataset, seed=seed, device=device, settings=settings,
-                          seeds=seed_list, arms=arm_list, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs,
-                          select=select_temperature, data_dir=data_dir, compile=compile_model)
-        _, result = slurm_sweep(sweep_dir, config=slurm_cfg, wait=wait, jobs=jobs, sweep_args=sweep_args, audit=audit,
+        _, result = slurm_sweep(sweep_dir, config=slurm_cfg, wait=wait, jobs=jobs, sweep=sweep, device=device,
+                                data_dir=data_dir, compile=compile_model, audit=audit,
                                 audit_args=dict(n=audit_n, seed=seed, square_queries=square_queries, autoattack_standard=autoattack_standard), log=info)
         typer.echo(f"{sweep_dir / 'sweep.json'}")
         if _launch_finished(sweep_dir, result) and report:
@@ -216,10 +217,8 @@ def train_sweep_cmd(
 
     refuse_live_jobs(sweep_dir)
     times = SweepTimes()
-    run_sweep(sweep_dir, temps=temp_list, methods=method_list, dataset=dataset, seed=seed, device=device, jobs=jobs,
-              settings=settings, data_dir=data_dir, progress=progress, log=info, compile=compile_model,
-              seeds=seed_list, arms=arm_list, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs,
-              select=select_temperature, times=times)
+    run_sweep(sweep_dir, sweep, device=device, jobs=jobs, data_dir=data_dir, progress=progress, log=info,
+              compile=compile_model, times=times)
     typer.echo(f"{sweep_dir / 'sweep.json'}")
     if audit:
         from .sweep import audit_sweep

@@ -39,12 +39,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from . import checkpoint
 from .errors import EXIT_JOBS_UNFINISHED, InputError, MaskcheckError
 from .fileio import atomic_write_json, inside, read_json
 from .validate import read_sweep
+
+if TYPE_CHECKING:  # sweep loads torch; the launcher's own helpers (status, cancel) do not need it
+    from .sweep import SweepConfig
 
 LAUNCHERS = ("local", "slurm")
 JOBS_FOLDER = "slurm"  # SWEEP/slurm/: submitit's pickles and each job's log (<id>_0_log.out)
@@ -662,30 +665,30 @@ def slurm_sweep(
     config: SlurmConfig,
     wait: bool,
     jobs: int,
-    sweep_args: dict[str, Any],
+    sweep: SweepConfig,
+    device: str,
     audit: bool,
     audit_args: dict[str, Any],
     log: Callable[[str], None],
+    data_dir: str | Path | None = None,
+    compile: bool = False,
     poll_seconds: float = 5.0,
     on_submit: Callable[[str, str], None] = lambda _k, _j: None,
 ) -> tuple[dict[str, Any], LaunchResult]:
     """train-sweep --launcher slurm: plan (sweep.prepare_sweep), submit training, selection and audits; returns
     the manifest and what happened. Waits for the jobs when `wait` or with the local executor.
 
-    `sweep_args`: prepare_sweep's keywords plus data_dir, compile; `audit_args`: n, seed, square_queries.
+    `sweep`: the sweep (as `run_sweep` takes it); `audit_args`: n, seed, square_queries.
     """
     from .sweep import SWEEP_FILE, _TrainTask, plan_audits, prepare_sweep
 
     sweep_dir = Path(sweep_dir)
-    sweep_args = dict(sweep_args)
     backend = make_backend(sweep_dir, config)
     old = read_sweep(sweep_dir) if (sweep_dir / SWEEP_FILE).is_file() else {}
     old_rec = old.get("launcher") if isinstance(old.get("launcher"), dict) else {}
     still = live_jobs(backend, old_rec.get("tasks", {}), list(old_rec.get("tasks", {})))
-    data_dir, compile_ = sweep_args.pop("data_dir", None), sweep_args.pop("compile", False)
-    device = sweep_args["device"]
     busy = [sweep_dir / _task_folder(old, k) for k in still]
-    prepared = prepare_sweep(sweep_dir, log=log, keep_temp_in=busy, **sweep_args)
+    prepared = prepare_sweep(sweep_dir, sweep, device=device, log=log, keep_temp_in=busy)
     manifest, plan = prepared.manifest, prepared.plan
     record = _record(manifest, config)
     data = str(Path(data_dir).resolve()) if data_dir else None  # jobs may start in another folder: absolute paths
@@ -693,15 +696,15 @@ def slurm_sweep(
     for j in prepared.todo:
         run = sweep_dir / j.run_dir
         teacher_dirs = tuple(str((sweep_dir / next(p.run_dir for p in plan if p.name == d)).resolve()) for d in j.depends_on)
-        call = JobCall("train", _TrainTask(j, str(sweep_dir.resolve()), sweep_args["dataset"], prepared.seed, prepared.settings,
-                                           data, False, compile_),
+        call = JobCall("train", _TrainTask(j, str(sweep_dir.resolve()), sweep.dataset, sweep.seed, dict(sweep.settings),
+                                           data, False, compile),
                        device, config.cpus, teacher_dirs)
         tasks.append(Task(f"train:{j.name}", call, tuple(f"train:{d}" for d in j.depends_on),
                           lambda run=run: checkpoint.is_complete_run(run)))
-    if sweep_args.get("select") and not (sweep_dir / SELECTED_FILE).is_file():
+    if sweep.select and not (sweep_dir / SELECTED_FILE).is_file():
         first = plan[0].seed
         needs = [j for j in plan if j.seed == first and (j.method == "natural" or (j.method == "ltd" and j.variant is None))]
-        call = JobCall("select", (str(sweep_dir.resolve()), plan, sweep_args["dataset"], prepared.settings, data), device,
+        call = JobCall("select", (str(sweep_dir.resolve()), plan, sweep.dataset, dict(sweep.settings), data), device,
                        config.cpus)
         tasks.append(Task("select-temperature", call, tuple(f"train:{j.name}" for j in needs if j in prepared.todo),
                           lambda: (sweep_dir / SELECTED_FILE).is_file()))

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from . import checkpoint
-from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, DEFAULT_SWEEP_METHODS, AuditConfig, ThreatModel, format_temperature, provenance, resolve_device
+from .config import DEFAULT_N, DEFAULT_SQUARE_QUERIES, DEFAULT_SWEEP_METHODS, DEFAULT_SWEEP_TEMPS, AuditConfig, ThreatModel, format_temperature, provenance, resolve_device
 from .errors import InputError
 from .fileio import atomic_write_json, read_json
 from .validate import SWEEP_SCHEMA_VERSION, read_sweep, validate_run
@@ -180,37 +180,106 @@ def plan_base(temps: list[float], methods: list[str], arms: list[Arm], teacher: 
     return jobs
 
 
-def _manifest(jobs: list[Job], dataset: str, temps: list[float], methods: list[str], seed: int,
-              settings: dict[str, Any], device: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    probe = make_config("natural", dataset, seed=seed, **settings)
+def arm_name(arm: Arm) -> str:
+    """The arm as `--arms` spells it (`trades-beta1`, `ltd-T5-innerkl`); `parse_arm` reads it back."""
+    temp = "" if arm.temperature is None else f"-T{format_temperature(arm.temperature)}"
+    return f"{arm.method}{temp}-{arm.variant}"
+
+
+# The fields that make a sweep folder one experiment: a rerun may add temperatures, methods or arms, never change these.
+SWEEP_IDENTITY = ("dataset", "arch", "seed", "eps", "norm", "settings", "seeds", "teacher")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep, built once at its boundary (the CLI, the Slurm launcher, `run_sweep`'s keywords) and passed down.
+
+    sweep.json stores it (`manifest_fields`) and `from_manifest` reads it back, so a stored sweep
+    answers "may this folder take this sweep?" itself (`difference`). `settings` are TrainConfig
+    overrides shared by every job, kept in their JSON form (None values dropped), as sweep.json has them.
+    `teacher`: the natural job's overrides for a converged teacher (`teacher_settings`), or None.
+    """
+
+    temps: tuple[float, ...] = DEFAULT_SWEEP_TEMPS
+    methods: tuple[str, ...] = DEFAULT_SWEEP_METHODS
+    dataset: str = "digits"
+    seed: int = 0
+    seeds: tuple[int, ...] | None = None  # None: one seed, the historical layout runs/<name>
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    arms: tuple[Arm, ...] = ()
+    teacher: Mapping[str, Any] | None = None
+    select: bool = False  # the paper's temperature search after training (needs ltd)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "temps", tuple(float(t) for t in self.temps))
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
+        object.__setattr__(self, "arms", tuple(self.arms))
+        object.__setattr__(self, "settings", _as_json({k: v for k, v in dict(self.settings or {}).items() if v is not None}))
+        if self.teacher is not None:
+            object.__setattr__(self, "teacher", _as_json(dict(self.teacher)))
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+            object.__setattr__(self, "seed", self.seeds[0])  # the first seed names the sweep's own randomness
+        if self.select and "ltd" not in self.methods:
+            raise InputError("--select-temperature searches LTD's teacher temperature; add ltd to --methods.")
+
+    @classmethod
+    def build(cls, *, teacher_acc: float | None = None, teacher_epochs: int | None = None, **values: Any) -> "SweepConfig":
+        """From the CLI's / API's words: `--teacher-acc` and `--teacher-epochs` become the teacher's overrides."""
+        return cls(teacher=teacher_settings(teacher_acc, teacher_epochs), **values)
+
+    def plan(self) -> list[Job]:
+        return plan_jobs(self.temps, self.methods, seeds=self.seeds, arms=self.arms, teacher=self.teacher)
+
+    def identity(self) -> dict[str, Any]:
+        """SWEEP_IDENTITY's values, as sweep.json stores them (arch, eps and norm from the shared settings)."""
+        probe = make_config("natural", self.dataset, seed=self.seed, **self.settings)
+        values = {"dataset": self.dataset, "arch": probe.arch, "seed": self.seed, "eps": probe.eps, "norm": probe.norm,
+                  "settings": self.settings, "seeds": self.seeds, "teacher": self.teacher}
+        return _as_json(values)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What sweep.json records of this config (besides provenance and the jobs)."""
+        return {**self.identity(), "temps": list(self.temps), "methods": list(self.methods),
+                "arms": [arm_name(a) for a in self.arms], "select_temperature": self.select}
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "SweepConfig":
+        """The config a stored sweep.json was planned with; InputError if it cannot be read back."""
+        try:
+            return cls(temps=tuple(manifest.get("temps") or ()), methods=tuple(manifest.get("methods") or ()),
+                       dataset=manifest["dataset"], seed=int(manifest.get("seed") or 0), seeds=manifest.get("seeds"),
+                       settings=manifest.get("settings") or {}, arms=tuple(parse_arm(a) for a in manifest.get("arms") or ()),
+                       teacher=manifest.get("teacher"), select=bool(manifest.get("select_temperature")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the sweep's stored settings are unreadable ({exc}); use another --out.") from None
+
+    def difference(self, stored: Mapping[str, Any]) -> str | None:
+        """Why a folder whose sweep.json holds `stored` cannot take this sweep: 'key=stored, not asked' (None: it can).
+
+        Compared on SWEEP_IDENTITY as sweep.json stores it, so a sweep.json of any earlier version, which
+        recorded those keys from the start, is judged by what it says, not by what today's defaults would fill in.
+        """
+        asked = self.identity()
+        for key in SWEEP_IDENTITY:
+            if _as_json(stored.get(key)) != asked[key]:
+                return f"{key}={stored.get(key)!r}, not {asked[key]!r}"
+        return None
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as sweep.json holds it (tuples become lists), so a stored and a planned value compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def _manifest(jobs: list[Job], config: SweepConfig, device: str) -> dict[str, Any]:
     return {
         "schema_version": SWEEP_SCHEMA_VERSION,
         "kind": "sweep",
-        **provenance(device, seed),
-        "dataset": dataset,
-        "arch": probe.arch,
-        "temps": temps,
-        "methods": methods,
-        "seed": seed,
-        "eps": probe.eps,
-        "norm": probe.norm,
-        "settings": settings,
-        **dict(options or {}),
+        **provenance(device, config.seed),
+        **config.manifest_fields(),
         "jobs": [j.to_dict() for j in jobs],
     }
-
-
-def _check_compatible(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
-    """A sweep folder holds one experiment: refuse a rerun with other data, model, seed or settings.
-
-    `old` comes from sweep.json, so values are compared as JSON (a tuple of milestones is a list there)."""
-    def as_json(value: Any) -> Any:
-        return json.loads(json.dumps(value))
-
-    for key in ("dataset", "arch", "seed", "eps", "norm", "settings", "seeds", "teacher"):
-        if as_json(old.get(key)) != as_json(new.get(key)):
-            raise InputError(f"{path} was planned with {key}={old.get(key)!r}, not {new.get(key)!r}; "
-                             "use another --out or the original settings.")
 
 
 def remove_stale_temp_files(folder: Path, keep: Iterable[Path] = ()) -> list[Path]:
@@ -481,45 +550,41 @@ def release_sweep_lock(folder: str | Path) -> None:
 
 def run_sweep(
     out: str | Path,
+    config: SweepConfig | None = None,
     *,
-    temps: list[float],
-    methods: Iterable[str] = DEFAULT_SWEEP_METHODS,
-    dataset: str = "digits",
-    seed: int = 0,
     device: str = "auto",
     jobs: int = 1,
-    settings: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
     compile: bool = False,
-    seeds: list[int] | None = None,
-    arms: Iterable[Arm] = (),
-    teacher_acc: float | None = None,
-    teacher_epochs: int | None = None,
-    select: bool = False,
     times: SweepTimes | None = None,
+    **sweep: Any,
 ) -> dict[str, Any]:
     """Plan, write SWEEP/sweep.json, train every unfinished job; returns the manifest.
 
-    `settings` are TrainConfig overrides shared by every job (epochs, eps, lr, arch, ...).
-    `compile`: train with torch.compile (speed only; not part of the sweep's identity).
-    `seeds`: train every job once per seed (see `plan_jobs`); `arms`: reference / ablation jobs.
-    `teacher_acc`: train the natural teacher until its eval-mode training accuracy reaches this,
-    for at most `teacher_epochs` epochs (default TEACHER_EPOCH_CAP); its facts are recorded in
-    sweep.json (`teachers`) and in every student's run.json (`teacher_info`).
-    `select`: after training, run the paper's Sec. 4.2 temperature search (temperature.py) with
-    the first seed's teacher, reusing the sweep's own ltd runs as the step-2 probes; the result is
-    `selected_temperature` in sweep.json. `times`: filled with the training stage's clock (an ETA
-    is logged as each job finishes).
+    The sweep is `config`, or built here from SweepConfig.build's keywords (`temps`, `methods`,
+    `dataset`, `seed`, `seeds`, `settings`, `arms`, `teacher_acc`, `teacher_epochs`, `select`):
+    `settings` are TrainConfig overrides shared by every job (epochs, eps, lr, arch, ...);
+    `seeds` trains every job once per seed (see `plan_jobs`); `arms` adds reference / ablation jobs;
+    `teacher_acc` trains the natural teacher until its eval-mode training accuracy reaches this, for
+    at most `teacher_epochs` epochs (default TEACHER_EPOCH_CAP), its facts recorded in sweep.json
+    (`teachers`) and in every student's run.json (`teacher_info`); `select` runs the paper's Sec. 4.2
+    temperature search (temperature.py) after training with the first seed's teacher, reusing the
+    sweep's own ltd runs as the step-2 probes (`selected_temperature` in sweep.json).
+    `compile`: train with torch.compile (speed only; not part of the sweep's identity). `times`: filled
+    with the training stage's clock (an ETA is logged as each job finishes).
     """
+    if config is None:
+        config = SweepConfig.build(**sweep)
+    elif sweep:
+        raise TypeError(f"run_sweep takes a SweepConfig or its keywords, not both ({', '.join(sweep)})")
     if jobs < 1:
         raise InputError(f"--jobs must be a positive number of worker processes; got {jobs}.")
     out = Path(out)
-    prepared = prepare_sweep(out, temps=temps, methods=methods, dataset=dataset, seed=seed, device=device, settings=settings,
-                             log=log, seeds=seeds, arms=arms, teacher_acc=teacher_acc, teacher_epochs=teacher_epochs, select=select)
-    manifest, plan, todo, path, settings = prepared.manifest, prepared.plan, prepared.todo, prepared.path, prepared.settings
-    seed = prepared.seed
+    prepared = prepare_sweep(out, config, device=device, log=log)
+    manifest, plan, todo, path = prepared.manifest, prepared.plan, prepared.todo, prepared.path
+    dataset, settings, seed = config.dataset, dict(config.settings), config.seed
     plan_ = plan_workers(jobs, sweep_devices(device), len(todo), usable_cores())
     if todo:
         log(f"training: {plan_.describe()}")
@@ -540,7 +605,7 @@ def run_sweep(
         times.training = clock
     log(f"sweep finished in {clock.wall:.1f} s ({len(todo)} trained, {len(plan) - len(todo)} skipped)")
     manifest["teachers"] = teacher_facts(out, plan)
-    if select:
+    if config.select:
         manifest["selected_temperature"] = select_sweep_temperature(out, plan, dataset, settings, device, data_dir, log)
     atomic_write_json(path, manifest)
     return manifest
@@ -548,58 +613,32 @@ def run_sweep(
 
 @dataclass
 class PreparedSweep:
-    """What `prepare_sweep` decided: the manifest (written), the plan, the unfinished jobs, the settings as stored."""
+    """What `prepare_sweep` decided: the manifest (written), the plan and the unfinished jobs."""
 
     manifest: dict[str, Any]
     plan: list[Job]
     todo: list[Job]
     path: Path
-    settings: dict[str, Any]
-    seed: int
 
 
-def prepare_sweep(
-    out: Path,
-    *,
-    temps: list[float],
-    methods: Iterable[str],
-    dataset: str,
-    seed: int,
-    device: str,
-    settings: dict[str, Any] | None,
-    log: Callable[[str], None],
-    seeds: list[int] | None,
-    arms: Iterable[Arm],
-    teacher_acc: float | None,
-    teacher_epochs: int | None,
-    select: bool,
-    keep_temp_in: Iterable[Path] = (),
-) -> PreparedSweep:
+def prepare_sweep(out: Path, config: SweepConfig, *, device: str, log: Callable[[str], None],
+                  keep_temp_in: Iterable[Path] = ()) -> PreparedSweep:
     """Lock the folder, plan, merge with and write SWEEP/sweep.json; the jobs still to train (any launcher).
 
+    A folder whose sweep.json was planned with another identity (SweepConfig.difference) is refused.
     `keep_temp_in`: folders where a cluster job may be writing right now (launch.py), whose temp
     files are not stale.
     """
     out = Path(out)
-    # JSON round trip: the manifest stores settings as JSON, so compare them in that form on rerun
-    settings = json.loads(json.dumps({k: v for k, v in (settings or {}).items() if v is not None}))
-    methods = list(dict.fromkeys(methods))
-    arms = list(arms)
-    if select and "ltd" not in methods:
-        raise InputError("--select-temperature searches LTD's teacher temperature; add ltd to --methods.")
-    teacher = teacher_settings(teacher_acc, teacher_epochs)
-    if seeds is not None:
-        seeds = list(seeds)
-        seed = seeds[0]
     hold_sweep_lock(out)  # before anything touches the folder (stale temp files are removed below)
-    plan = plan_jobs(temps, methods, seeds=seeds, arms=arms, teacher=teacher)
-    options = {"seeds": seeds, "teacher": teacher, "arms": [f"{a.method}{'' if a.temperature is None else f'-T{format_temperature(a.temperature)}'}-{a.variant}" for a in arms],
-               "select_temperature": select}
-    manifest = _manifest(plan, dataset, list(temps), methods, seed, settings, device, options)
+    plan = config.plan()
+    manifest = _manifest(plan, config, device)
     path = out / SWEEP_FILE
     if path.is_file():
         old = read_sweep(out, SWEEP_SCHEMA_VERSION)
-        _check_compatible(old, manifest, path)
+        why = config.difference(old)
+        if why is not None:
+            raise InputError(f"{path} was planned with {why}; use another --out or the original settings.")
         known = {j["name"] for j in manifest["jobs"]}
         manifest["jobs"] = [j for j in old.get("jobs", []) if j["name"] not in known] + manifest["jobs"]
         for key in ("teachers", "selected_temperature", "launcher"):
@@ -607,14 +646,14 @@ def prepare_sweep(
                 manifest[key] = old[key]
     remove_stale_temp_files(out, keep=keep_temp_in)
     atomic_write_json(path, manifest)
-    log(f"estimated cost: {estimate_cost(plan, dataset, settings)}")
+    log(f"estimated cost: {estimate_cost(plan, config.dataset, config.settings)}")
     todo = [j for j in plan if not checkpoint.is_complete_run(out / j.run_dir)]
     for j in plan:
         if j not in todo:
             # a kill between save_run and the checkpoint's removal leaves a stale resume file
             (out / j.run_dir / LAST_CKPT).unlink(missing_ok=True)
             log(f"{j.name}: finished, skipped")
-    return PreparedSweep(manifest, plan, todo, path, settings, seed)
+    return PreparedSweep(manifest, plan, todo, path)
 
 
 TEACHER_EPOCH_CAP = 40  # ours: digits and MNIST natural teachers reach 99.5% training accuracy well before

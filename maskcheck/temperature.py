@@ -26,7 +26,7 @@ from .data import load_dataset
 from .errors import InputError
 from .fileio import atomic_write_json
 from .methods.base import kl_from_probs, kl_per_example
-from .training import make_config, train_run
+from .training import TrainConfig, make_config, train_run
 
 RESULT_FILE = "temperature.json"
 
@@ -122,8 +122,8 @@ def select_temperature(
         else:
             probe_dir = _trained(out / "step2", cfg, Path(teacher_dir), device, data_dir, log)
         loaded = checkpoint.load_run(probe_dir, dev)
-        rc = loaded.run["config"]  # the probe's own settings (a sweep run's may differ from `common`)
-        obj = ltd_objective(loaded.model, teacher, x, y, t, rc["beta"], rc["eps"], rc["attack_steps"], seed)
+        rc = TrainConfig.from_dict(loaded.run["config"])  # the probe's own settings (a sweep run's may differ from `common`)
+        obj = ltd_objective(loaded.model, teacher, x, y, t, rc.beta, rc.eps, rc.attack_steps, seed)
         m = loaded.run["metrics"]
         step2.append({"temperature": t, "ltd_objective": obj, "clean_acc": m["clean_acc"], "pgd_acc": m["pgd_acc"],
                       "run": _relative(probe_dir, out)})

@@ -34,7 +34,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -171,6 +171,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> "TrainConfig":
+        """The config a run.json `config` (or a checkpoint's) holds, read back into this type; InputError if it cannot be.
+
+        A stored config then answers "is this the same run?" by equality: JSON keeps a float exactly and
+        the one tuple (`milestones`) is made a tuple again. run.json adds how the run executed (RUN_FACTS), not
+        settings; those are left out."""
+        try:
+            values = {k: v for k, v in stored.items() if k not in RUN_FACTS}
+            values["milestones"] = tuple(int(m) for m in values.get("milestones") or ())
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"the stored training settings are unreadable ({exc}).") from None
+
+
+# run.json `config` records these beside the TrainConfig: how the run executed, not what was asked (run_record)
+RUN_FACTS = ("world_size", "amp", "autocast_dtype", "channels_last", "compile")
 
 
 def default_run_name(method: str, temperature: float | None, awp: bool = False) -> str:
@@ -510,7 +528,11 @@ def load_last(run_dir: Path, state: TrainState) -> bool:
     if not isinstance(obj, dict) or not {"model", "optimizer", "epoch", "history"} <= obj.keys():
         raise InputError(f"{path} is not a maskcheck training checkpoint (got {type(obj).__name__}); delete it to "
                          "restart the run.")
-    if obj.get("config") != state.cfg.to_dict():
+    try:
+        same = isinstance(obj.get("config"), Mapping) and TrainConfig.from_dict(obj["config"]) == state.cfg
+    except InputError:  # settings of another version of maskcheck: not this run's
+        same = False
+    if not same:
         raise InputError(f"{path} belongs to a run with other settings; delete {run_dir} or choose another --out.")
     state.model.load_state_dict(obj["model"])
     state.optimizer.load_state_dict(obj["optimizer"])

@@ -26,7 +26,7 @@ from maskcheck.cli import app
 from maskcheck.errors import InputError
 from maskcheck.launch import (Backend, JobCall, SlurmConfig, Task, format_status, launch as run_launch, load_config,
                               parse_slurm_time, slurm_sweep, sweep_status, validate_config)
-from maskcheck.sweep import audit_sweep, run_sweep
+from maskcheck.sweep import SweepConfig, audit_sweep, run_sweep
 
 # Tiny but real: 16 epochs of 64 digits leave a window to interrupt a run between its first last.ckpt
 # and its end, however fast the machine (with 4, only 3 epochs were left after the first checkpoint).
@@ -233,9 +233,8 @@ def test_slurm_launcher_end_to_end_on_local_processes(tmp_path: Path) -> None:
     watcher.start()
     kwargs: dict[str, Any] = dict(config=LOCAL, wait=True, jobs=3, audit=True, audit_args=AUDIT, log=lambda _m: None,
                                   poll_seconds=0.2)
-    sweep_args = dict(temps=[1.0, 2.0], methods=["ltd"], dataset="digits", seed=0, device="cpu", settings=TINY, seeds=None,
-                      arms=[], teacher_acc=None, teacher_epochs=None, select=False)
-    manifest, first = slurm_sweep(sweep, sweep_args=sweep_args, on_submit=on_submit, **kwargs)
+    planned = SweepConfig(temps=(1.0, 2.0), methods=("ltd",), dataset="digits", seed=0, settings=TINY)
+    manifest, first = slurm_sweep(sweep, sweep=planned, device="cpu", on_submit=on_submit, **kwargs)
     watcher.join(timeout=5)
     assert sorted(events) == ["train:ltd-T1:SIGUSR2:1", "train:ltd-T2:SIGINT:1"], events
     records = manifest["launcher"]["tasks"]
@@ -264,7 +263,7 @@ def test_slurm_launcher_end_to_end_on_local_processes(tmp_path: Path) -> None:
     stamps = {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("runs/*/run.json")}
     audit_stamps = {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("runs/*/audit.json")}
     ids.clear()
-    manifest, rerun = slurm_sweep(sweep, sweep_args=sweep_args, on_submit=on_submit, **kwargs)
+    manifest, rerun = slurm_sweep(sweep, sweep=planned, device="cpu", on_submit=on_submit, **kwargs)
     assert rerun.submitted == ["train:ltd-T2", "audit:ltd-T2"] and not rerun.unfinished
     assert {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("runs/*/run.json") if p.parent.name in stamps} == stamps
     assert {k: (sweep / "runs" / k / "audit.json").stat().st_mtime_ns for k in audit_stamps} == audit_stamps
@@ -279,7 +278,7 @@ def test_slurm_launcher_end_to_end_on_local_processes(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_sweep(local, **sweep_args)
+        run_sweep(local, planned, device="cpu")
         audit_sweep(local, device="cpu", progress=False, **AUDIT)
     finally:
         torch.set_num_threads(threads)

@@ -291,15 +291,30 @@ def test_a_converged_teacher_trains_at_constant_lr() -> None:
     assert lr_at(make_config("natural", "mnist"), 4) < make_config("natural", "mnist").lr  # the plain run keeps its schedule
 
 
-def test_a_rerun_with_a_converged_teacher_is_compatible_with_its_own_manifest(tmp_path: Path) -> None:
-    """sweep.json stores the teacher's milestones as a list; the rerun plans them as a tuple: same sweep."""
-    from maskcheck.sweep import _check_compatible, teacher_settings
+def test_a_stored_sweep_answers_whether_it_is_the_same_experiment() -> None:
+    """Issue 25: sweep.json is read back into a SweepConfig; a stored sweep says itself whether a rerun belongs in its
+    folder. sweep.json stores the teacher's milestones as a list; the rerun plans them as a tuple: same sweep."""
+    from maskcheck.sweep import SweepConfig, _manifest, parse_arm
 
-    new = {"dataset": "mnist", "teacher": teacher_settings(0.995, 30), "settings": {"milestones": (80, 100)}}
-    old = json.loads(json.dumps(new))
-    _check_compatible(old, new, tmp_path / "sweep.json")
-    with pytest.raises(InputError, match="teacher"):
-        _check_compatible({**old, "teacher": teacher_settings(0.99, 30)}, new, tmp_path / "sweep.json")
+    asked = SweepConfig.build(temps=[1.0, 5.0], methods=["ltd", "trades"], dataset="mnist", seeds=[1, 2],
+                              settings={"milestones": (80, 100), "epochs": None}, arms=[parse_arm("ltd-T5-innerkl")],
+                              teacher_acc=0.995, teacher_epochs=30, select=True)
+    stored = json.loads(json.dumps(_manifest(asked.plan(), asked, "cpu")))
+    assert SweepConfig.from_manifest(stored) == asked  # read back into the same type, arms and seeds included
+    assert asked.seed == 1 and asked.settings == {"milestones": [80, 100]}
+    assert asked.difference(stored) is None
+    assert SweepConfig.build(temps=[20.0], methods=["dd"], dataset="mnist", seeds=[1, 2], settings={"milestones": [80, 100]},
+                             teacher_acc=0.995, teacher_epochs=30).difference(stored) is None  # more temps or methods: same folder
+    other_teacher = SweepConfig.build(dataset="mnist", seeds=[1, 2], settings={"milestones": [80, 100]}, teacher_acc=0.99,
+                                      teacher_epochs=30)
+    assert other_teacher.difference(stored).startswith("teacher=")
+    assert SweepConfig.build(dataset="mnist", seeds=[1, 2], settings={"milestones": [80, 100], "eps": 0.2},
+                             teacher_acc=0.995, teacher_epochs=30).difference(stored).startswith("eps=")
+    assert SweepConfig(dataset="mnist", seeds=(1, 2)).difference(stored).startswith("settings=")
+    with pytest.raises(InputError, match="stored settings are unreadable"):
+        SweepConfig.from_manifest({"temps": [1.0]})
+    with pytest.raises(InputError, match="add ltd"):
+        SweepConfig(methods=("trades",), select=True)
 
 
 def test_an_audit_of_the_first_n_points_is_redone_on_a_seeded_sample() -> None:

@@ -306,3 +306,15 @@ def test_train_cli_writes_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFix
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["threat"]["eps"] == pytest.approx(8 / 255) and record["epochs"] == 1
     assert "clean_acc" in capsys.readouterr().out
+
+
+def test_a_stored_training_config_reads_back_into_the_same_type() -> None:
+    """Issue 25: run.json's `config` (settings plus how the run executed) is read back into a TrainConfig that equals
+    the one that trained; a config with a setting this version does not know is refused, not half-read."""
+    cfg = training.make_config("ltd", "mnist", temperature=5.0, milestones=[3, 4], attack_step_size=2 / 255, awp=True)
+    stored = json.loads(json.dumps({**cfg.to_dict(), "world_size": 1, "amp": False, "autocast_dtype": None,
+                                    "channels_last": False, "compile": False}))
+    assert training.TrainConfig.from_dict(stored) == cfg
+    assert training.TrainConfig.from_dict({**stored, "beta": 1.0}) != cfg
+    with pytest.raises(InputError, match="unreadable"):
+        training.TrainConfig.from_dict({**stored, "warp_speed": 9})
