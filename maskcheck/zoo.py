@@ -206,26 +206,39 @@ class AlwaysNoise(nn.Module):
         return self.model((x + self.sigma * torch.randn_like(x)).clamp(0.0, 1.0))
 
 
-class OffGridLogits(nn.Module):
-    """Logits x `scale` when any pixel is off the data's value grid (multiples of 1/`grid`): clean points look
-    normal, every perturbed point saturates the softmax. Same argmax everywhere."""
+class _ScaledWhere(nn.Module):
+    """Logits x `scale` on the inputs `switched` picks (no gradient through the choice), plain logits elsewhere.
+    Same argmax everywhere. `unscaled` is the ground truth's view: the same classifier without the switch."""
 
-    def __init__(self, model: nn.Module, grid: int, scale: float = SCALE) -> None:
+    def __init__(self, model: nn.Module, scale: float) -> None:
         super().__init__()
-        self.model, self.grid, self.scale = model, grid, scale
-        self.unscaled = False  # the ground truth's view: the same classifier without the switch
+        self.model, self.scale = model, scale
+        self.unscaled = False
 
-    def off_grid(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            d = (x * self.grid - torch.round(x * self.grid)).abs().flatten(1).amax(1)
-        return d > 1e-3
+    def switched(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
         if self.unscaled:
             return logits
-        factor = torch.where(self.off_grid(x), self.scale, 1.0).to(logits.dtype)
+        with torch.no_grad():
+            on = self.switched(x)
+        factor = torch.where(on, self.scale, 1.0).to(logits.dtype)
         return logits * factor[:, None]
+
+
+class OffGridLogits(_ScaledWhere):
+    """Logits x `scale` when any pixel is off the data's value grid (multiples of 1/`grid`): clean points look
+    normal, every perturbed point saturates the softmax."""
+
+    def __init__(self, model: nn.Module, grid: int, scale: float = SCALE) -> None:
+        super().__init__(model, scale)
+        self.grid = grid
+
+    def switched(self, x: torch.Tensor) -> torch.Tensor:
+        d = (x * self.grid - torch.round(x * self.grid)).abs().flatten(1).amax(1)
+        return d > 1e-3
 
 
 class PartialRounding(nn.Module):
@@ -254,33 +267,23 @@ class PartialRounding(nn.Module):
         return self.model(torch.where(gate, xr, x))
 
 
-class NearDataLogits(nn.Module):
+class NearDataLogits(_ScaledWhere):
     """Logits x `scale` within L-inf distance `radius` of a stored held-out point, plain logits farther out.
 
     A defense tuned on the evaluation data: any attack that starts inside the radius (FGSM, PGD at
     eps <= radius) sees saturated CE gradients, while PGD at the audit's eps starts outside it (the
     uniform start lands at distance about eps) and works. Masking confined below the audit eps.
-    Same argmax everywhere. The nearest stored point is found by L2 on the full image (one matmul),
-    then its L-inf distance decides."""
+    The nearest stored point is found by L2 on the full image (one matmul), then its L-inf distance decides."""
 
     def __init__(self, model: nn.Module, reference: torch.Tensor, radius: float, scale: float = SCALE) -> None:
-        super().__init__()
-        self.model, self.radius, self.scale = model, radius, scale
+        super().__init__(model, scale)
+        self.radius = radius
         self.register_buffer("reference", reference.flatten(1).float().clone())
-        self.unscaled = False
 
-    def near(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            flat = x.flatten(1).float()
-            nearest = torch.cdist(flat, self.reference).argmin(1)
-            return (flat - self.reference[nearest]).abs().amax(1) <= self.radius
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        if self.unscaled:
-            return logits
-        factor = torch.where(self.near(x), self.scale, 1.0).to(logits.dtype)
-        return logits * factor[:, None]
+    def switched(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1).float()
+        nearest = torch.cdist(flat, self.reference).argmin(1)
+        return (flat - self.reference[nearest]).abs().amax(1) <= self.radius
 
 
 # ---------------------------------------------------------------------- training

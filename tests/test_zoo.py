@@ -175,9 +175,9 @@ def test_near_data_logits_saturate_within_the_radius_only() -> None:
     model = wrappers()["below-eps"]
     x = model.reference.view(-1, 1, 8, 8)[:4]
     with torch.no_grad():
-        assert model.near(x).all() and model.near((x + 0.1).clamp(0, 1)).all()
+        assert model.switched(x).all() and model.switched((x + 0.1).clamp(0, 1)).all()
         far = (x + 0.3 * torch.sign(torch.randn_like(x))).clamp(0, 1)
-        assert not model.near(far).any()
+        assert not model.switched(far).any()
         assert torch.allclose(model(x), zoo.SCALE * model.model(x))
 
 
