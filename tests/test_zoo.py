@@ -262,10 +262,15 @@ CASES = [pytest.param(d, m, s, marks=pytest.mark.calibration, id=f"{d}-{m}-s{s}"
 @pytest.mark.parametrize("dataset,member,seed", CASES)
 def test_zoo_member_is_graded_by_its_measured_truth(dataset: str, member: str, seed: int) -> None:
     row = _row(dataset, member, seed)
-    if row["masks"]:  # PGD-CE overstates the ground truth by >= 5 pp: the audit must say masked, and why
+    # A defense built to mask is held to its measured truth (PGD-CE overstates it by >= 5 pp: the audit must say
+    # masked, and why). A sound defense is not: TRADES on 2,000 digits points has PGD-CE-20 18 pp above its
+    # truth at seed 0 (2026-12-07), a weak attack on informative gradients, which APGD closes: attack-sensitive.
+    if row["masks"] and zoo.MEMBERS[member].kind == "masked":
         assert row["grade"] == "masked", row["verdict"]
         assert set(row["expected"]) & set(row["mechanisms"]), (row["expected"], row["mechanisms"])
     if zoo.MEMBERS[member].kind == "sound":
         assert row["grade"] != "masked", row["verdict"]
-    assert row["quote"] is not None and abs(row["quote"]["acc"] - row["true_robust_acc"]) <= 0.03, \
+    # the quote may not overstate the truth by more than 3 pp; below it, the audit's own attacks (Square, transfer,
+    # APGD-T) found more than the truth attack did, so the truth is at most the quote (bit-depth, TRADES: 1-3 pp)
+    assert row["quote"] is not None and row["quote"]["acc"] - row["true_robust_acc"] <= 0.03 + 1e-9, \
         (row["quote"], row["true_robust_acc"])
