@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from controls import MASKED, digits, honest_cnn
 from maskcheck.controls import CONTROLS, RandomGradientTrap
 from maskcheck import attacks
-from maskcheck.auditing import audit_config, run_audit
+from maskcheck.auditing import audit_config, audit_points, run_audit
 from maskcheck.config import AuditConfig
 from maskcheck.errors import InputError
 from maskcheck.results import SCHEMA_VERSION, AuditResult
@@ -230,7 +230,7 @@ def test_autoattack_standard_figure_matches_pyautoattack() -> None:
     model = honest_cnn()
     result = run_audit(model, digits(), eps=0.1, n=n, seed=0, progress=False, checks=["black-box-gap"],
                        autoattack_standard=True)
-    x, y = digits().heldout_tensors(n)
+    x, y, _ = audit_points(digits(), n, 0)  # the audit's own points: a seeded sample of the split, not its first n
     adversary = AutoAttack(model, norm="Linf", eps=0.1, version="standard", seed=0, device="cpu")
     x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=n)  # returns (x_adv, y_adv)
     with torch.no_grad():
