@@ -121,20 +121,15 @@ class LocalLinearity(Check):
             m0, g = attacks.input_grad(ctx.model, x0, y, attacks.margin_loss)
             change, predicted = [], []
             for _ in range(self.directions):
-                d = (x0 + self._step(x, r, ctx.norm, gen)).clamp(0.0, 1.0) - x0  # the step taken, inside the box
+                # a random step of size r (attacks' own step of a Gaussian draw: random signs, or an L2 direction)
+                step = attacks._step(torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype), r, ctx.norm)
+                d = (x0 + step).clamp(0.0, 1.0) - x0  # the step taken, inside the box
                 with torch.enable_grad():  # the forward the gradient is of (a model may switch on grad mode)
                     m = attacks.margin_loss(ctx.model(x0 + d), y).detach()
                 change.append(m - m0)
                 predicted.append((g * d).flatten(1).sum(1))
             a, p = torch.stack(change), torch.stack(predicted)
-            err = (a - p).abs().mean(0) / (a.abs().mean(0) + p.abs().mean(0)).clamp_min(1e-30)
-            out.append(torch.where((a.abs().mean(0) + p.abs().mean(0)) > 0, err, torch.zeros_like(err)).float().cpu())
+            scale = a.abs().mean(0) + p.abs().mean(0)  # 0 only where the margin neither moves nor is predicted to
+            err = torch.where(scale > 0, (a - p).abs().mean(0) / scale.clamp_min(1e-30), torch.zeros_like(scale))
+            out.append(err.float().cpu())
         return torch.cat(out)
-
-    @staticmethod
-    def _step(x: torch.Tensor, r: float, norm: str, gen: torch.Generator) -> torch.Tensor:
-        """A random step of size r: random signs (Linf) or a random direction of L2 norm r."""
-        if norm == "linf":
-            return r * (torch.randint(0, 2, x.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1)
-        d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype).flatten(1)
-        return (r * d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(x)
