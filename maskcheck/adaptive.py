@@ -11,7 +11,9 @@ useless, and were broken by attacks that replace those gradients:
 - BPDA (Athalye et al. 2018): the target's forward with another backward: the identity for a named
   submodule (`--bpda identity:PATH`, the user knows the non-differentiable step) or the surrogate's
   gradient (`--bpda surrogate`, and automatically when the cheap gradient probe finds the
-  gradients exactly zero, non-finite or absent);
+  gradients exactly zero, non-finite or absent, or the forward changes under autograd; in that last case
+  BPDA also follows the inference forward's own gradient, by forward-mode AD under no_grad:
+  `InferenceGradient`);
 - the binarization test (Zimmermann et al. 2022): a binary classifier built on the model's logits
   around one point with an adversarial example known to lie in the ball; an attack that misses it
   cannot be trusted on that point (checks/binarization.py).
@@ -168,6 +170,63 @@ def transfer_attack(target: nn.Module, surrogate: nn.Module, x: torch.Tensor, y:
     return AttackResult(x_adv=best, correct=correct)
 
 
+# ---------------------------------------------------------------------- the inference forward's own gradient
+
+
+INFERENCE_JACOBIAN_MAX_DIM = 1024  # ours: digits (64) and MNIST (784) inputs; one forward-mode pass per input value
+INFERENCE_JACOBIAN_ROWS = 4096  # rows per forward-mode batch (memory bound; ours)
+
+
+def inference_jacobian(model: nn.Module, x: torch.Tensor, rows: int = INFERENCE_JACOBIAN_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, Jacobian (B, K, D)) of the model's *inference* forward: forward-mode AD under no_grad, one tangent per
+    input value. The model runs with autograd off (torch.is_grad_enabled() is False, no input requires grad), so a
+    model that behaves differently while gradients are recorded takes its inference path, the one that predicts."""
+    import torch.autograd.forward_ad as fwAD
+
+    b, shape = len(x), x.shape[1:]
+    d = x[0].numel()
+    eye = torch.eye(d, device=x.device, dtype=x.dtype).view(d, *shape)
+    per = max(1, rows // max(b, 1))  # tangents per batch
+    parts = []
+    with torch.no_grad():
+        logits = model(x).float()
+        with fwAD.dual_level():
+            for j in range(0, d, per):
+                t = eye[j:j + per]
+                m = len(t)
+                xr = x.repeat(m, *([1] * len(shape)))  # (m * b): tangent-major
+                tr = t.repeat_interleave(b, dim=0)
+                tangent = fwAD.unpack_dual(model(fwAD.make_dual(xr, tr))).tangent
+                parts.append(tangent.float().view(m, b, -1))
+    return logits, torch.cat(parts).permute(1, 2, 0)
+
+
+class InferenceGradient(nn.Module):
+    """The target's inference forward, differentiated exactly by forward-mode AD (issue 22): for a model whose forward
+    changes while autograd records (noise, another branch), the gradient of the function that predicts. Costs one
+    forward per input value (D) per gradient, hence only for inputs up to `INFERENCE_JACOBIAN_MAX_DIM` values."""
+
+    def __init__(self, target: nn.Module) -> None:
+        super().__init__()
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, jac = inference_jacobian(self.target, x.detach())
+        # value: the logits; gradient: J^T g (x - x.detach() is zero, its derivative the identity)
+        return logits + torch.einsum("bkd,bd->bk", jac, (x - x.detach()).flatten(1).float())
+
+
+def inference_gradient_model(target: nn.Module, x: torch.Tensor) -> InferenceGradient | None:
+    """`InferenceGradient(target)` when the input is small enough and the target supports forward-mode AD, else None."""
+    if x[0].numel() > INFERENCE_JACOBIAN_MAX_DIM:
+        return None
+    try:
+        inference_jacobian(target, x[:1])
+    except (RuntimeError, NotImplementedError):  # an operation without a forward-mode formula
+        return None
+    return InferenceGradient(target).eval()
+
+
 # ---------------------------------------------------------------------- BPDA
 
 
@@ -309,12 +368,24 @@ def _bpda(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         wrapped = StraightThrough(model, surrogate_for(ctx, model, x, env))
         r = attacks.pgd(wrapped, x, y, eps=eps, norm=env.norm, steps=spec.steps, loss="margin", generator=gen,
                         stop_when_broken=env.single_draw_scoring)
-        return attacks._scored(model, r.x_adv, y)
+        out = attacks._scored(model, r.x_adv, y)
+        exact = inference_gradient_model(ctx.model, x) if ctx is not None and gradient_probe(ctx).get("gradient_mode_differs") else None
+        if exact is not None:  # the forward differs under autograd: also follow the predicting forward's own gradient
+            r = attacks.pgd(exact, x, y, eps=eps, norm=env.norm, steps=spec.steps, loss="margin", generator=gen,
+                            stop_when_broken=env.single_draw_scoring)
+            other = attacks._scored(model, r.x_adv, y)
+            out = AttackResult(x_adv=torch.where(_rows(out.correct, x), other.x_adv, out.x_adv),
+                               correct=out.correct & other.correct)
+        return out
     root = ctx.model if ctx is not None else model
     with identity_backward(root, mode[1]):
         r = attacks.pgd(model, x, y, eps=eps, norm=env.norm, steps=spec.steps, loss="margin", generator=gen,
                         stop_when_broken=env.single_draw_scoring)
     return attacks._scored(model, r.x_adv, y)
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
 def transfer_spec(after: tuple[AttackSpec, ...]) -> AttackSpec:

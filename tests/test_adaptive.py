@@ -182,3 +182,40 @@ def test_a_forward_that_changes_under_autograd_triggers_automatic_bpda() -> None
                   **FAST)
     assert _by_name(r)["transfer-attack"].evidence["bpda_auto_ran"] is True
     assert r.verdict.notes and "gradients are enabled" in r.verdict.notes[0]
+
+
+def test_inference_gradient_is_the_gradient_of_the_forward_that_predicts() -> None:
+    """Issue 22: on a model noisy only while autograd records, InferenceGradient (forward-mode AD under no_grad)
+    gives exactly the gradient of the noise-free inference forward, which the model's own backward never does."""
+    base = honest_cnn()
+    noisy = GradModeOnlyNoise(base).eval()
+    x, y = points(8)
+    _, g_base = attacks.input_grad(base, x, y, attacks.margin_loss)
+    _, g_exact = attacks.input_grad(adaptive.InferenceGradient(noisy), x, y, attacks.margin_loss)
+    _, g_own = attacks.input_grad(noisy, x, y, attacks.margin_loss)
+    assert torch.allclose(g_exact, g_base, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(g_own, g_base, atol=1e-3)  # the control: the model's own gradient is of another function
+    with torch.no_grad():
+        assert torch.equal(adaptive.InferenceGradient(noisy)(x), base(x).float())
+
+
+def test_inference_gradient_declines_large_inputs_and_forward_ad_gaps() -> None:
+    x, _ = points(4)
+    assert adaptive.inference_gradient_model(honest_cnn(), x) is not None
+    big = torch.rand(2, 3, 32, 32)  # 3,072 values: one forward per value per gradient is too dear
+    assert adaptive.inference_gradient_model(nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)), big) is None
+
+    class NoForwardAD(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):  # type: ignore[no-untyped-def, override]
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[no-untyped-def, override]
+            return g * 2
+
+    class Custom(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return honest_cnn()(NoForwardAD.apply(t))
+
+    assert adaptive.inference_gradient_model(Custom(), x) is None

@@ -5,7 +5,8 @@
 Exact binomial power, not a measurement: if a share s of the audited points is masked (the
 reference attack misses an adversarial example there that the check's challenger finds: Square for
 black-box-gap, PGD-2x for attack-convergence, PGD-margin for loss-disagreement, an iterative attack
-for one-step-vs-iterative), the number of extra breaks is Binomial(n, s), and the check's rule
+for one-step-vs-iterative, transfer / BPDA through the surrogate for transfer-attack; for local-linearity the
+masked share is the share of rough points, and its FAIL needs PGD-CE 5 pp above the worst case besides), the number of extra breaks is Binomial(n, s), and the check's rule
 (checks/base.py::excess: exact one-sided binomial test against `null_rate`, p < `alpha`, gap above
 `min_gap`; black-box-gap FAILs only from `fail_gap`) fires when that count reaches its smallest
 firing count k*. Power = P(Binomial(n, s) >= k*). It is an upper bound for a real defense, where the
@@ -28,7 +29,8 @@ from maskcheck.checks import REGISTRY  # noqa: E402
 # (check, its threshold field that decides the grade shown, the grade it gives)
 RULES = (("one-step-vs-iterative", "min_gap", "masked"), ("attack-convergence", "min_gap", "masked"),
          ("black-box-gap", "min_gap", "attack-sensitive"), ("black-box-gap", "fail_gap", "masked"),
-         ("loss-disagreement", "min_gap", "masked"))
+         ("loss-disagreement", "min_gap", "masked"), ("transfer-attack", "min_gap", "attack-sensitive"),
+         ("transfer-attack", "fail_gap", "masked"), ("local-linearity", "min_gap", "attack-sensitive"))
 
 
 def firing_count(n: int, null_rate: float, alpha: float, gap: float, inclusive: bool) -> int | None:
