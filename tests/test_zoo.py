@@ -267,7 +267,8 @@ def test_zoo_member_is_graded_by_its_measured_truth(dataset: str, member: str, s
     # truth at seed 0 (2026-12-07), a weak attack on informative gradients, which APGD closes: attack-sensitive.
     if row["masks"] and zoo.MEMBERS[member].kind == "masked":
         assert row["grade"] == "masked", row["verdict"]
-        assert set(row["expected"]) & set(row["mechanisms"]), (row["expected"], row["mechanisms"])
+        expected = zoo.MEMBERS[member].expected  # the code's list (rows written before a mechanism was added keep the old one)
+        assert set(expected) & set(row["mechanisms"]), (expected, row["mechanisms"])
     if zoo.MEMBERS[member].kind == "sound":
         assert row["grade"] != "masked", row["verdict"]
     # the quote may not overstate the truth by more than 3 pp; below it, the audit's own attacks (Square, transfer,

@@ -133,11 +133,35 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def short_table(rows: list[dict[str, Any]]) -> str:
+    """The README's zoo table: default-settings rows only, one line per (dataset, member); the mechanism column
+    names the member's expected mechanisms the audit named (the full list is in table.md)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if not r["reduced"]:
+            groups.setdefault((r["dataset"], r["member"]), []).append(r)
+    order = list(zoo.MEMBERS)
+    lines = ["| data | defense | broken by | masks by its truth | grade s0 / s1 / s2 | expected mechanism named | "
+             "quoted / true robust acc. % per seed | audit s |", "|---|---|---|---|---|---|---|---|"]
+    for (ds, name), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        m = zoo.MEMBERS[name]
+        masks = "/".join("yes" if r["masks"] else "no" for r in rs)
+        grades = " / ".join(r["grade"] for r in rs)
+        named = sorted({x for r in rs for x in r["mechanisms"] if x in m.expected}) if m.kind == "masked" else []
+        mech = "; ".join(named) if named else ("-" if m.kind == "sound" else "none")
+        nums = ", ".join(f"{pct((r['quote'] or {}).get('acc'))} / {pct(r['true_robust_acc'])}" for r in rs)
+        secs = ", ".join(f"{r['audit_seconds']:.0f}" for r in rs)
+        lines.append(f"| {ds} | {name}: {m.defense} | {m.broken_by} | {masks} | {grades} | {mech} | {nums} | {secs} |")
+    return "\n".join(lines) + "\n"
+
+
 def gather(out: Path, report: Path) -> list[dict[str, Any]]:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     report.mkdir(parents=True, exist_ok=True)
     atomic_write_json(report / "results.json", {"experiment": CONFIG["name"], "rows": rows})
     atomic_write_text(report / "table.md", table(rows))
+    atomic_write_text(report / "readme-table.md", short_table(rows))
     return rows
 
 
