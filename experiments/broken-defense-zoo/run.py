@@ -97,7 +97,7 @@ def run_one(dataset: str, name: str, seed: int, reduced: bool, splits: Any, eps:
         "grade": v.grade, "mechanisms": list(v.mechanisms), "verdict": v.text, "quote": v.quote,
         "quote_error": None if quote is None else quote - at_eps["truth"],
         "robust_acc": result.robust_acc, "audit_seconds": round(audit_s, 1), "train_seconds": round(train_s, 1),
-        "truth_seconds": round(truth_s, 1), "config": result.config, "settings": settings,
+        "truth_seconds": round(truth_s, 1), "timings": dict(result.timings), "config": result.config, "settings": settings,
     }
 
 
