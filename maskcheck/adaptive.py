@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -373,9 +374,16 @@ def _bpda(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         if exact is not None:  # the forward differs under autograd: also follow the predicting forward's own gradient
             r = attacks.pgd(exact, x, y, eps=eps, norm=env.norm, steps=spec.steps, loss="margin", generator=gen,
                             stop_when_broken=env.single_draw_scoring)
-            other = attacks._scored(model, r.x_adv, y)
-            out = AttackResult(x_adv=torch.where(_rows(out.correct, x), other.x_adv, out.x_adv),
-                               correct=out.correct & other.correct)
+            out = _stronger(out, attacks._scored(model, r.x_adv, y), x)
+            # then the audit's APGD-CE (its iterations) on what still stands, one draw: the gradient is deterministic
+            left = out.correct.nonzero().flatten()
+            if len(left):
+                apgd = AttackSpec("apgd", "ce", ctx.config.apgd_iters, eps=eps)
+                r = attacks.run_spec(apgd, exact, x[left], y[left], replace(env, eot=1), gen)
+                part = attacks._scored(model, r.x_adv, y[left])
+                x_adv, correct = out.x_adv.clone(), out.correct.clone()
+                x_adv[left], correct[left] = torch.where(_rows(part.correct, r.x_adv), x_adv[left], part.x_adv), part.correct
+                out = AttackResult(x_adv=x_adv, correct=correct)
         return out
     root = ctx.model if ctx is not None else model
     with identity_backward(root, mode[1]):
@@ -386,6 +394,11 @@ def _bpda(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _stronger(a: AttackResult, b: AttackResult, x: torch.Tensor) -> AttackResult:
+    """Per point, the result that broke it (b where a did not)."""
+    return AttackResult(x_adv=torch.where(_rows(a.correct, x), b.x_adv, a.x_adv), correct=a.correct & b.correct)
 
 
 def transfer_spec(after: tuple[AttackSpec, ...]) -> AttackSpec:

@@ -219,3 +219,25 @@ def test_inference_gradient_declines_large_inputs_and_forward_ad_gaps() -> None:
             return honest_cnn()(NoForwardAD.apply(t))
 
     assert adaptive.inference_gradient_model(Custom(), x) is None
+
+
+@pytest.mark.slow  # two audits with the surrogate (about 3 min on the loaded 2-core machine)
+def test_bpda_attacks_the_inference_forward_when_the_forward_changes_under_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22: on a model noisy only under autograd the automatic BPDA also runs the audit's APGD-CE through
+    InferenceGradient on the points still standing; on a plain model it never builds one."""
+    x, y = points(60)
+    seen: list[int] = []
+    run_spec = attacks.run_spec
+
+    def spy(spec, model, xs, *rest, **kw):  # type: ignore[no-untyped-def]
+        if isinstance(model, adaptive.InferenceGradient):
+            seen.append(len(xs))
+        return run_spec(spec, model, xs, *rest, **kw)
+
+    monkeypatch.setattr(attacks, "run_spec", spy)
+    small = dict(FAST, square_queries=50, apgd_iters=5)
+    run_audit(GradModeOnlyNoise(honest_cnn()).eval(), (x, y), eps=0.03, n=len(y), checks="transfer-attack", num_classes=10, **small)
+    assert seen and seen[0] > 0  # eps 0.03: most points stand after the margin PGD, APGD-CE attacks them
+    seen.clear()
+    run_audit(honest_cnn(), (x, y), eps=0.03, n=len(y), checks="transfer-attack", num_classes=10, **small)
+    assert not seen
