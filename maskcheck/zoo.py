@@ -300,11 +300,17 @@ def grid_of(dataset: str) -> int:
 
 
 def _fit(net: nn.Module, method: str, dataset: str, splits: Splits, seed: int) -> nn.Module:
-    """Train `net` (a module on [0, 1] inputs) with the project's loop and the dataset's recipe."""
+    """Train `net` (a module on [0, 1] inputs) with the project's loop and the dataset's recipe.
+
+    The net's parameters are re-initialised after seeding: built before this call, their first values depended
+    on whatever the process had drawn before (which members ran first), so one member trained twice differed."""
     extra = MNIST_TRAIN if dataset == "mnist" else {}
     cfg = make_config(method, dataset, seed=seed, **extra)
     x, y = train_tensors(splits, cfg.max_train)
     seed_everything(cfg.seed)
+    for m in net.modules():
+        if m is not net and callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
     return fit(net, x, y, cfg)
 
 
