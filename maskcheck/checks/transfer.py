@@ -64,8 +64,9 @@ class TransferAttack(Check):
         ev = {"gap": total.gap, "p_value": total.p_value, "examples": total.examples,
               **{f"gap_{k}": e.gap for k, e in per.items()}, **{f"acc_{k}": v for k, v in acc.items()},
               "bpda_auto_ran": bool(probe.get("triggered")), "gradient_probe": probe}
-        what = {"transfer": "transfer from the surrogate", "bpda-auto": "BPDA through the surrogate"}.get(
-            best, f"BPDA ({ctx.config.bpda})")
+        auto = ("BPDA through the surrogate and the inference forward's own gradient" if probe.get("gradient_mode_differs")
+                else "BPDA through the surrogate")
+        what = {"transfer": "transfer from the surrogate", "bpda-auto": auto}.get(best, f"BPDA ({ctx.config.bpda})")
         mech = self.mechanism if best == "transfer" else "gradients unavailable (BPDA beats white-box)"
         if total.significant(self.min_gap, self.alpha) and total.gap >= self.fail_gap:
             ev["headline"] = f"{what} beats the white-box attacks by {pp(total.gap)}"
