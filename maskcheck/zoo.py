@@ -422,7 +422,7 @@ MEMBERS: dict[str, Member] = {m.name: m for m in (
     Member("sap", "stochastic", "masked", "Dhillon et al. 2018 (stochastic activation pruning)",
            "Athalye et al. 2018 (EOT)", _sap, "eot", ("randomness",), stochastic=True),
     Member("grad-noise-trades", "stochastic under autograd", "masked", "TRADES + input noise when gradients are on (issue 22)",
-           "attack the inference forward (noise off)", _grad_noise, "inference", ("randomness",)),
+           "attack the inference forward (noise off)", _grad_noise, "inference", ("randomness (gradient mode only)", "randomness")),
     Member("off-grid-logits", "logit scaling off the data", "masked", "logits x 1e4 off the data grid (ours)",
            "unscaled logits (same argmax)", _off_grid, "unscaled", ("saturated logits", "saturated softmax")),
     Member("partial-rounding", "masking on a fraction", "masked", "hard rounding on two gated classes (ours)",

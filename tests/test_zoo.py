@@ -268,7 +268,8 @@ def test_zoo_member_is_graded_by_its_measured_truth(dataset: str, member: str, s
     if row["masks"] and zoo.MEMBERS[member].kind == "masked":
         assert row["grade"] == "masked", row["verdict"]
         expected = zoo.MEMBERS[member].expected  # the code's list (rows written before a mechanism was added keep the old one)
-        assert set(expected) & set(row["mechanisms"]), (expected, row["mechanisms"])
+        # a named mechanism may join several findings of one check ("randomness (gradient mode only), EOT not converged")
+        assert any(e in m for e in expected for m in row["mechanisms"]), (expected, row["mechanisms"])
     if zoo.MEMBERS[member].kind == "sound":
         assert row["grade"] != "masked", row["verdict"]
     # the quote may not overstate the truth by more than 3 pp; below it, the audit's own attacks (Square, transfer,

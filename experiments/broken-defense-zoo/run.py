@@ -148,7 +148,7 @@ def short_table(rows: list[dict[str, Any]]) -> str:
         m = zoo.MEMBERS[name]
         masks = "/".join("yes" if r["masks"] else "no" for r in rs)
         grades = " / ".join(r["grade"] for r in rs)
-        named = sorted({x for r in rs for x in r["mechanisms"] if x in m.expected}) if m.kind == "masked" else []
+        named = sorted({x for r in rs for x in r["mechanisms"] if any(e in x for e in m.expected)}) if m.kind == "masked" else []
         mech = "; ".join(named) if named else ("-" if m.kind == "sound" else "none")
         nums = ", ".join(f"{pct((r['quote'] or {}).get('acc'))} / {pct(r['true_robust_acc'])}" for r in rs)
         secs = ", ".join(f"{r['audit_seconds']:.0f}" for r in rs)
