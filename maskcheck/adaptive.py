@@ -380,10 +380,9 @@ def _bpda(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
             if len(left):
                 apgd = AttackSpec("apgd", "ce", ctx.config.apgd_iters, eps=eps)
                 r = attacks.run_spec(apgd, exact, x[left], y[left], replace(env, eot=1), gen)
-                part = attacks._scored(model, r.x_adv, y[left])
-                x_adv, correct = out.x_adv.clone(), out.correct.clone()
-                x_adv[left], correct[left] = torch.where(_rows(part.correct, r.x_adv), x_adv[left], part.x_adv), part.correct
-                out = AttackResult(x_adv=x_adv, correct=correct)
+                x_adv = out.x_adv.clone()
+                x_adv[left] = r.x_adv
+                out = _stronger(out, attacks._scored(model, x_adv, y), x)
         return out
     root = ctx.model if ctx is not None else model
     with identity_backward(root, mode[1]):

@@ -109,16 +109,21 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: defense, paper that broke it, grade per seed, mechanisms, quoted vs true robust accuracy, audit seconds."""
+def _grouped(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, str, bool], list[dict[str, Any]]]]:
+    """Rows by (dataset, member, reduced), in dataset / reduced / zoo order, each group sorted by seed."""
     groups: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["member"], r["reduced"]), []).append(r)
     order = list(zoo.MEMBERS)
+    keyed = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], order.index(kv[0][1])))
+    return [(k, sorted(rs, key=lambda r: r["seed"])) for k, rs in keyed]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: defense, paper that broke it, grade per seed, mechanisms, quoted vs true robust accuracy, audit seconds."""
     lines = ["| dataset | member | defense | broken by | masks (truth) | grade per seed | mechanisms named | "
              "quoted / true / PGD-CE (%) per seed | audit s |", "|---|---|---|---|---|---|---|---|---|"]
-    for (ds, name, reduced), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], order.index(kv[0][1]))):
-        rs = sorted(rs, key=lambda r: r["seed"])
+    for (ds, name, reduced), rs in _grouped(rows):
         m = zoo.MEMBERS[name]
         masks = "sound" if m.kind == "sound" and not any(r["masks"] for r in rs) else \
             ("yes" if all(r["masks"] for r in rs) else "no" if not any(r["masks"] for r in rs) else "some seeds")
@@ -136,15 +141,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 def short_table(rows: list[dict[str, Any]]) -> str:
     """The README's zoo table: default-settings rows only, one line per (dataset, member); the mechanism column
     names the member's expected mechanisms the audit named (the full list is in table.md)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        if not r["reduced"]:
-            groups.setdefault((r["dataset"], r["member"]), []).append(r)
-    order = list(zoo.MEMBERS)
     lines = ["| data | defense | broken by | masks by its truth | grade s0 / s1 / s2 | expected mechanism named | "
              "quoted / true robust acc. % per seed | audit s |", "|---|---|---|---|---|---|---|---|"]
-    for (ds, name), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
-        rs = sorted(rs, key=lambda r: r["seed"])
+    for (ds, name, reduced), rs in _grouped(rows):
+        if reduced:
+            continue
         m = zoo.MEMBERS[name]
         masks = "/".join("yes" if r["masks"] else "no" for r in rs)
         grades = " / ".join(r["grade"] for r in rs)
