@@ -79,16 +79,19 @@ SOUND = {
     "mnist-pgd-at": lambda s: trained("pgd-at", s, dataset="mnist"),
     # randomised but not masking: Gaussian input noise, attacked with EOT; single-draw PGD breaks what EOT breaks
     "natural + noise (EOT)": lambda s: make_control("noisy", trained("natural", s)),
+    # sigma 0.05 input noise on TRADES (zoo member trades-noise): it slows single-draw PGD-CE-20 (a WARN), APGD with
+    # one draw is as strong as with EOT; graded `masked: randomness` before 2026-12-08 (issue 22's false alarm)
+    "trades + noise (zoo)": lambda s: zoo_member("trades-noise", s),
 }
 MASKED = {  # name -> (model, mechanism, audit settings)
     "dd-T100": (lambda s: trained("dd", s, 100.0), ("saturated logits", "saturated softmax"), {}),
     "logits-x1000": (lambda s: Rescaled(trained("natural", s), 1000.0).eval(), ("saturated logits",), {}),
     "offset-1e6": (lambda s: OffsetLogits(trained("natural", s)).eval(), ("logit offset (float32 resolution)",), {}),
     "quantised": (lambda s: make_control("quantised", trained("natural", s)), ("vanishing gradients",), {}),
-    # n = 300: single-draw PGD leaves 10-20% standing against EOT's 3-4%, a gap the binomial test finds at p < 1e-9
-    # at 300 points; at the matrix's 100 points it is 8 points, at the edge of the test (seed 1 missed it, 2026-12-07)
-    "random gradients (auto EOT)": (lambda s: make_control("random-gradients", trained("natural", s)), ("randomness",),
-                                    {"n": 300}),
+    # on a TRADES model: single-draw PGD-CE and APGD-CE leave 41-58% standing against EOT's 26-34% at 100 points
+    # (seeds 0-2, 2026-12-08). On a natural model APGD with one draw breaks it anyway (a WARN: it slows PGD only).
+    "random gradients (auto EOT)": (lambda s: make_control("random-gradients", trained("trades", s)), ("randomness",),
+                                    {}),
     "noisy (no EOT)": (lambda s: make_control("noisy", trained("natural", s)), ("randomness",), {"eot": 1}),
     "detached": (lambda s: make_control("detached", trained("natural", s)), ("gradients unavailable",), {}),
     # k-winners-take-all (Xiao et al. 2020), PGD-AT, from the broken-defense zoo: non-zero gradients of the current
@@ -175,7 +178,9 @@ def test_a_sound_row_whose_checks_skipped_proves_nothing() -> None:
 def test_masked_model_is_masked_with_its_mechanism(name: str, seed: int) -> None:
     verdict = verdict_of(name, seed)
     assert verdict.grade == "masked", (name, verdict.text)
-    assert set(MASKED[name][1]) & set(verdict.mechanisms), (name, verdict.mechanisms)
+    # a check joins its findings into one name ("randomness, EOT not converged"): match each part
+    named = {part for mechanism in verdict.mechanisms for part in mechanism.split(", ")}
+    assert set(MASKED[name][1]) & named, (name, verdict.mechanisms)
 
 
 def confusion_table(seeds=(0, 1, 2)) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -45,12 +45,18 @@ class AutoAttackFlags(Check):
     `settrace` sees grad/backward calls. They are recomputed here because pyautoattack's
     functions only log and return nothing.
     Randomness at inference is graded by what it does to the attack (Athalye et al. 2018: it
-    obfuscates gradients when EOT succeeds where a single-draw attack fails): PGD-CE with one
-    draw per gradient (same seed, scored by the same majority vote, and like every PGD on a
-    randomised model pushing past its first break) against PGD-CE with EOT;
-    FAIL when EOT breaks significantly more points (exact binomial, `eot_null_rate`,
-    `eot_min_gap`, `alpha`, ours) or when the audit ran without EOT (`--eot 1`), else OK with the
-    randomness recorded in the evidence and the verdict's notes (the quoted figure is EOT's).
+    obfuscates gradients when EOT succeeds where a single-draw attack fails): the audit's PGD-CE
+    and APGD-CE, each with one draw per gradient (same seed and steps, scored by the same majority
+    vote), against their EOT runs. FAIL when EOT breaks significantly more points than the two
+    single-draw attacks together (exact binomial, `eot_null_rate`, `eot_min_gap`, `alpha`, ours) or
+    when the audit ran without EOT (`--eot 1`); WARN when only the 20-step PGD-CE is significantly
+    weaker with one draw and APGD-CE with one draw closes the gap (a weak attack slowed by noise,
+    the randomised twin of `attack-sensitive`); else OK with the randomness recorded in the
+    evidence and the verdict's notes (the quoted figure is EOT's). Why two tiers: sigma 0.05 input
+    noise on a TRADES model leaves single-draw PGD-CE-20 7 pp above its EOT twin and APGD-CE with
+    one draw within 3-4 points of its twin (zoo member trades-noise, seeds 0-2), while a random
+    gradient term on the same TRADES model misleads both (11-28 more breaks by EOT at 100
+    points); docs/calibration.md.
     A model random only with gradients enabled is always flagged (it differentiates another
     function than the one that predicts).
     The same 5 passes run with gradients enabled (the forward gradient attacks see): random
@@ -82,30 +88,44 @@ class AutoAttackFlags(Check):
         return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=self.eot_factor * ctx.eot, after=(ctx.battery.pgd_ce,))
 
     @staticmethod
-    def _single_draw_spec(ctx):
-        from ..attacks import AttackSpec
-
-        # the user's naive attack on a randomised model: one draw per gradient, PGD-CE's seed and steps
-        return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=1)
+    def _single_draw_pairs(ctx):
+        """(single-draw spec, its EOT twin) for the user's attacks on a randomised model: the audit's PGD-CE
+        and APGD-CE, each with one draw per gradient (same seed and steps) beside the audit's EOT run."""
+        return tuple((replace(s, eot=1), s) for s in (ctx.battery.pgd_ce, ctx.battery.apgd_ce))
 
     def follow_up(self, ctx):
         """EOT convergence: PGD-CE again with `eot_factor` times the draws (same seed) on the points PGD-CE
-        with K draws left standing, when EOT is on; and PGD-CE with a single draw per gradient on a model
-        random at inference (does the randomness mislead a single-draw attack?)."""
+        with K draws left standing, when EOT is on; and PGD-CE and APGD-CE with a single draw per gradient beside
+        their EOT twins on a model random at inference (does the randomness mislead a single-draw attack?)."""
         if not (ctx.eot > 1 and ctx.grad_ok):
             return ()
-        return (self._eot_spec(ctx),) + ((self._single_draw_spec(ctx),) if ctx.randomness["randomized"] else ())
+        single = sum(self._single_draw_pairs(ctx), ()) if ctx.randomness["randomized"] else ()
+        return (self._eot_spec(ctx),) + single
 
-    def _randomness_masks(self, ctx, ev: dict) -> bool:
-        """True when EOT breaks significantly more points than a single-draw PGD-CE (or EOT did not run)."""
+    def _randomness_effect(self, ctx, ev: dict) -> str | None:
+        """What the randomness does to a single-draw attack: "masks" when EOT breaks significantly more points
+        than PGD-CE and APGD-CE with one draw together (or EOT did not run); "slows" when only the 20-step PGD-CE
+        is significantly weaker with one draw (APGD with one draw closes the gap: a weak attack, the randomised
+        twin of `attack-sensitive`); None when one draw is as strong as EOT."""
         if not (ctx.eot > 1 and ctx.grad_ok):
-            return True
-        single, eot = ctx.correct(self._single_draw_spec(ctx)), ctx.correct(ctx.battery.pgd_ce)
+            return "masks"
+        single = eot = ctx.clean_correct
+        for one, twin in self._single_draw_pairs(ctx):
+            a, b = ctx.correct(one), ctx.correct(twin)
+            name = twin.kind.replace("-", "_") + "_" + twin.loss
+            pair = extra_breaks(b, a, ctx.n, self.eot_null_rate)
+            ev.update({f"acc_{name}_single_draw": float(a.float().mean()), f"acc_{name}_eot": float(b.float().mean()),
+                       f"{name}_single_draw_extra_breaks": pair.count, f"{name}_single_draw_p_value": pair.p_value})
+            single, eot = single & a, eot & b
         e = extra_breaks(eot, single, ctx.n, self.eot_null_rate)
-        ev.update({"acc_pgd_ce_single_draw": float(single.float().mean()), "acc_pgd_ce_eot": float(eot.float().mean()),
+        ev.update({"acc_single_draw": float(single.float().mean()), "acc_eot": float(eot.float().mean()),
                    "single_draw_extra_breaks": e.count, "single_draw_extra_gap": e.gap,
                    "single_draw_p_value": e.p_value})
-        return e.significant(self.eot_min_gap, self.alpha)
+        if e.significant(self.eot_min_gap, self.alpha):
+            return "masks"
+        pgd = extra_breaks(ctx.correct(ctx.battery.pgd_ce), ctx.correct(self._single_draw_pairs(ctx)[0][0]), ctx.n,
+                           self.eot_null_rate)
+        return "slows" if pgd.significant(self.eot_min_gap, self.alpha) else None
 
     def _eot_convergence(self, ctx, ev: dict) -> tuple[str, str] | None:
         """(mechanism, sentence) when K-draw EOT had not converged: 4K draws break significantly more points."""
@@ -134,20 +154,28 @@ class AutoAttackFlags(Check):
               "max_normalized_output_diff_grad": probe["max_normalized_output_diff_grad"],
               "inference_grad_output_diff": probe["inference_grad_output_diff"],
               "softmax_output": softmax, "grad_calls_in_forward": calls, "eot_draws": ctx.eot}
-        found, benign = [], ""
+        found, benign, slows = [], "", ""
+        effect = self._randomness_effect(ctx, ev) if randomized else None
         if randomized and ctx.eot == 1:
             found.append(("randomness", f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}) "
                           "and the audit ran without EOT (--eot 1): no robust accuracy here may be quoted"))
-        elif randomized and self._randomness_masks(ctx, ev):
+        elif effect == "masks":
             found.append(("randomness", (
-                f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}); PGD-CE with one draw "
-                f"per gradient leaves {100 * ev['acc_pgd_ce_single_draw']:.1f}% standing, with EOT over {ctx.eot} draws "
-                f"{100 * ev['acc_pgd_ce_eot']:.1f}% ({ev['single_draw_extra_breaks']} more points broken, "
+                f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}); PGD-CE and APGD-CE "
+                f"with one draw per gradient leave {100 * ev['acc_single_draw']:.1f}% standing, with EOT over {ctx.eot} "
+                f"draws {100 * ev['acc_eot']:.1f}% ({ev['single_draw_extra_breaks']} more points broken, "
                 f"p={ev['single_draw_p_value']:.2g}): the randomness misleads a single-draw attack; quote EOT figures only")))
+        elif effect == "slows":
+            slows = (f"outputs change across {len(correct)} identical passes (max diff {max_diff:.2g}); the 20-step PGD-CE "
+                     f"with one draw per gradient leaves {100 * ev['acc_pgd_ce_single_draw']:.1f}% standing, with EOT "
+                     f"{100 * ev['acc_pgd_ce_eot']:.1f}% ({ev['pgd_ce_single_draw_extra_breaks']} more points broken, "
+                     f"p={ev['pgd_ce_single_draw_p_value']:.2g}), but APGD-CE with one draw is as strong as with EOT "
+                     f"({100 * ev['acc_apgd_ce_single_draw']:.1f}% vs {100 * ev['acc_apgd_ce_eot']:.1f}%): the randomness "
+                     "slows a weak attack, it does not hide robustness from a strong one; figures are EOT's")
         elif randomized:
-            benign = (f" Randomised (max diff {max_diff:.2g}), but PGD-CE with one draw per gradient "
-                      f"({100 * ev['acc_pgd_ce_single_draw']:.1f}%) is as strong as with EOT over {ctx.eot} draws "
-                      f"({100 * ev['acc_pgd_ce_eot']:.1f}%): the randomness does not mislead the attack; figures are EOT's.")
+            benign = (f" Randomised (max diff {max_diff:.2g}), but PGD-CE and APGD-CE with one draw per "
+                      f"gradient ({100 * ev['acc_single_draw']:.1f}%) are as strong as with EOT over {ctx.eot} draws "
+                      f"({100 * ev['acc_eot']:.1f}%): the randomness does not mislead the attack; figures are EOT's.")
         elif probe["randomized_grad"]:
             found.append(("randomness (gradient mode only)", (
                 f"outputs change across identical passes only with gradients enabled (max diff "
@@ -168,6 +196,9 @@ class AutoAttackFlags(Check):
         if found:
             return self.result(ctx, severity=Severity.FAIL, evidence=ev, mechanism=", ".join(m for m, _ in found),
                                summary="AutoAttack flags: " + "; ".join(s for _, s in found) + ".")
+        if slows:
+            return self.result(ctx, severity=Severity.WARN, evidence=ev, mechanism="randomness (slows single-draw PGD)",
+                               summary="AutoAttack flags: " + slows + ".")
         if benign:
             return self.result(ctx, severity=Severity.OK, evidence=ev, summary=(
                 "no softmax output, no gradient calls in forward, the same randomness with and without gradients." + benign))
