@@ -63,10 +63,12 @@ class AutoAttackFlags(Check):
     only there = "randomness (gradient mode only)"; deterministic in both but different =
     "inference/gradient forward mismatch" (a defense that changes when differentiated; every
     accuracy is scored by the inference forward regardless). With EOT on (K draws), PGD-CE
-    reruns with `eot_factor` x K draws from the same seed on the points K draws left standing:
-    significantly more breaks (exact
-    binomial, `eot_null_rate`, `eot_min_gap`, `alpha`, ours) = "EOT not converged", and the
-    worst case takes the stronger figure. Reference: Croce & Hein 2020, AutoAttack checks.py and
+    reruns with `eot_factor` x K draws from PGD-CE's seed on the points every white-box attack
+    with K draws left standing: significantly more breaks (exact binomial, `eot_null_rate`,
+    `eot_min_gap`, `alpha`, ours) = "EOT not converged" (K draws were too few for the figure to
+    quote), and the worst case takes the stronger figure. Against the whole white-box battery, not
+    PGD-CE alone: on a noisy TRADES model 4K draws help the 20-step PGD-CE catch up with what
+    APGD already broke with K (zoo trades-noise at default settings, seed 0: a false `masked`). Reference: Croce & Hein 2020, AutoAttack checks.py and
     flags_doc.md; Athalye et al. 2018 (EOT); Tramer et al. 2020 (EOT convergence).
     """
 
@@ -84,8 +86,8 @@ class AutoAttackFlags(Check):
     def _eot_spec(self, ctx):
         from ..attacks import AttackSpec
 
-        # on the points K draws left standing (its outcome is cumulative: broken by either), from PGD-CE's seed
-        return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=self.eot_factor * ctx.eot, after=(ctx.battery.pgd_ce,))
+        # on the points every K-draw white-box attack left standing (cumulative: broken by any), from PGD-CE's seed
+        return AttackSpec("pgd", "ce", ctx.battery.pgd_ce.steps, eot=self.eot_factor * ctx.eot, after=ctx.battery.white_box)
 
     @staticmethod
     def _single_draw_pairs(ctx):
@@ -94,8 +96,8 @@ class AutoAttackFlags(Check):
         return tuple((replace(s, eot=1), s) for s in (ctx.battery.pgd_ce, ctx.battery.apgd_ce))
 
     def follow_up(self, ctx):
-        """EOT convergence: PGD-CE again with `eot_factor` times the draws (same seed) on the points PGD-CE
-        with K draws left standing, when EOT is on; and PGD-CE and APGD-CE with a single draw per gradient beside
+        """EOT convergence: PGD-CE again with `eot_factor` times the draws (same seed) on the points the white-box
+        battery with K draws left standing, when EOT is on; and PGD-CE and APGD-CE with a single draw per gradient beside
         their EOT twins on a model random at inference (does the randomness mislead a single-draw attack?)."""
         if not (ctx.eot > 1 and ctx.grad_ok):
             return ()
@@ -128,18 +130,19 @@ class AutoAttackFlags(Check):
         return "slows" if pgd.significant(self.eot_min_gap, self.alpha) else None
 
     def _eot_convergence(self, ctx, ev: dict) -> tuple[str, str] | None:
-        """(mechanism, sentence) when K-draw EOT had not converged: 4K draws break significantly more points."""
+        """(mechanism, sentence) when K-draw EOT had not converged: PGD-CE with 4K draws breaks significantly more
+        points than the white-box battery with K."""
         if not (ctx.eot > 1 and ctx.grad_ok):
             return None
         k4 = self._eot_spec(ctx)
-        e = extra_breaks(ctx.correct(k4), ctx.correct(ctx.battery.pgd_ce), ctx.n, self.eot_null_rate)
+        e = extra_breaks(ctx.correct(k4), ctx.white_box, ctx.n, self.eot_null_rate)
         ev.update({"eot_draws_check": k4.eot, "eot_extra_breaks": e.count, "eot_extra_gap": e.gap, "eot_p_value": e.p_value,
                    "acc_pgd_ce_eot": float(ctx.correct(ctx.battery.pgd_ce).float().mean()),
-                   "acc_pgd_ce_eot_check": float(ctx.correct(k4).float().mean())})
+                   "acc_white_box": float(ctx.white_box.float().mean()), "acc_pgd_ce_eot_check": float(ctx.correct(k4).float().mean())})
         if not e.significant(self.eot_min_gap, self.alpha):
             return None
         return ("EOT not converged", f"PGD-CE with {k4.eot} draws breaks {e.count} points ({pp(e.gap)}, p={e.p_value:.2g}) "
-                                     f"that {ctx.eot} draws missed: EOT over {ctx.eot} draws had not converged; the worst case "
+                                     f"that every white-box attack with {ctx.eot} draws missed: EOT over {ctx.eot} draws had not converged; the worst case "
                                      f"uses the {k4.eot}-draw figure, and more draws may break more (--eot)")
 
     def evaluate(self, ctx) -> CheckResult:
