@@ -73,7 +73,10 @@ def main() -> None:
         totals[0], totals[1] = totals[0] + t_audit, totals[1] + t_aa
         diffs.append(100 * (ours - theirs))
         ratios.append(t_audit / t_aa)
-        print(f"{name}: audit {t_audit:.1f} s, AutoAttack {t_aa:.1f} s", file=sys.stderr, flush=True)
+        # each model's figures as they come: a run stopped by a time limit still leaves them
+        print(f"{name}: audit {t_audit:.1f} s, AutoAttack {t_aa:.1f} s, ratio {t_audit / t_aa:.2f}; worst case "
+              f"{100 * ours:.1f}% vs AA {100 * theirs:.1f}% ({diffs[-1]:+.1f} pp); {box['a'].verdict.grade}",
+              file=sys.stderr, flush=True)
         rows.append((name, f"{t_audit:.1f}", f"{t_aa:.1f}", t_audit / t_aa, f"{100 * ours:.1f}", f"{100 * theirs:.1f}",
                      f"{diffs[-1]:+.1f}", box["a"].verdict.text))
     print(f"device {device}, dataset {args.dataset}, n={len(y)}, eps={eps:g}, norm {args.norm}")
