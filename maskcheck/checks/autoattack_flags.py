@@ -68,8 +68,8 @@ class AutoAttackFlags(Check):
     `eot_min_gap`, `alpha`, ours) = "EOT not converged" (K draws were too few for the figure to
     quote), and the worst case takes the stronger figure. Against the whole white-box battery, not
     PGD-CE alone: on a noisy TRADES model 4K draws help the 20-step PGD-CE catch up with what
-    APGD already broke with K (zoo trades-noise at default settings, seed 0: a false `masked`). Reference: Croce & Hein 2020, AutoAttack checks.py and
-    flags_doc.md; Athalye et al. 2018 (EOT); Tramer et al. 2020 (EOT convergence).
+    APGD already broke with K (zoo trades-noise at default settings, seed 0: a false `masked`).
+    Reference: Croce & Hein 2020, AutoAttack checks.py and flags_doc.md; Athalye et al. 2018 (EOT); Tramer et al. 2020 (EOT convergence).
     """
 
     softmax_alpha: float = 1e-5
@@ -112,10 +112,11 @@ class AutoAttackFlags(Check):
         if not (ctx.eot > 1 and ctx.grad_ok):
             return "masks"
         single = eot = ctx.clean_correct
+        pairs = {}  # attack name -> EOT's extra breaks over the same attack with one draw
         for one, twin in self._single_draw_pairs(ctx):
             a, b = ctx.correct(one), ctx.correct(twin)
             name = twin.kind.replace("-", "_") + "_" + twin.loss
-            pair = extra_breaks(b, a, ctx.n, self.eot_null_rate)
+            pairs[name] = pair = extra_breaks(b, a, ctx.n, self.eot_null_rate)
             ev.update({f"acc_{name}_single_draw": float(a.float().mean()), f"acc_{name}_eot": float(b.float().mean()),
                        f"{name}_single_draw_extra_breaks": pair.count, f"{name}_single_draw_p_value": pair.p_value})
             single, eot = single & a, eot & b
@@ -125,9 +126,7 @@ class AutoAttackFlags(Check):
                    "single_draw_p_value": e.p_value})
         if e.significant(self.eot_min_gap, self.alpha):
             return "masks"
-        pgd = extra_breaks(ctx.correct(ctx.battery.pgd_ce), ctx.correct(self._single_draw_pairs(ctx)[0][0]), ctx.n,
-                           self.eot_null_rate)
-        return "slows" if pgd.significant(self.eot_min_gap, self.alpha) else None
+        return "slows" if pairs["pgd_ce"].significant(self.eot_min_gap, self.alpha) else None
 
     def _eot_convergence(self, ctx, ev: dict) -> tuple[str, str] | None:
         """(mechanism, sentence) when K-draw EOT had not converged: PGD-CE with 4K draws breaks significantly more
